@@ -1,0 +1,90 @@
+#include "schedules.h"
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+
+namespace cellsynth {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+std::vector<double> linspace(double start, double stop, int64_t n) {
+  std::vector<double> out(static_cast<size_t>(n));
+  if (n == 1) {
+    out[0] = start;
+    return out;
+  }
+  const double step = (stop - start) / static_cast<double>(n - 1);
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = start + step * static_cast<double>(i);
+  out.back() = stop;  // exact end point, as numpy does
+  return out;
+}
+
+// alpha_bar(t) of the cosine schedule, t in [0, 1].
+double cosine_alpha_bar(double t) {
+  const double c = std::cos((t + 0.008) / 1.008 * kPi / 2.0);
+  return c * c;
+}
+
+}  // namespace
+
+std::vector<double> make_betas(const std::string& beta_schedule, int64_t num_train_timesteps,
+                               double beta_start, double beta_end) {
+  if (num_train_timesteps < 1) {
+    throw std::invalid_argument("num_train_timesteps must be >= 1, got " +
+                                std::to_string(num_train_timesteps));
+  }
+  const bool uses_range = beta_schedule == "linear" || beta_schedule == "scaled_linear";
+  if (uses_range && !(beta_start > 0.0 && beta_start < 1.0 && beta_end > 0.0 && beta_end < 1.0)) {
+    std::ostringstream msg;
+    msg << "beta_start and beta_end must lie in (0, 1), got " << beta_start << " and " << beta_end;
+    throw std::invalid_argument(msg.str());
+  }
+  if (beta_schedule == "linear") {
+    return linspace(beta_start, beta_end, num_train_timesteps);
+  }
+  if (beta_schedule == "scaled_linear") {
+    std::vector<double> b = linspace(std::sqrt(beta_start), std::sqrt(beta_end), num_train_timesteps);
+    for (double& v : b) v *= v;
+    return b;
+  }
+  if (beta_schedule == "squaredcos_cap_v2") {
+    const double max_beta = 0.999;
+    const auto T = static_cast<double>(num_train_timesteps);
+    std::vector<double> b(static_cast<size_t>(num_train_timesteps));
+    for (int64_t i = 0; i < num_train_timesteps; ++i) {
+      const double t1 = static_cast<double>(i) / T;
+      const double t2 = static_cast<double>(i + 1) / T;
+      b[static_cast<size_t>(i)] = std::min(1.0 - cosine_alpha_bar(t2) / cosine_alpha_bar(t1), max_beta);
+    }
+    return b;
+  }
+  throw std::invalid_argument("unknown beta_schedule '" + beta_schedule +
+                              "' (expected 'linear', 'scaled_linear' or 'squaredcos_cap_v2')");
+}
+
+std::vector<double> validate_betas(const std::vector<double>& betas) {
+  if (betas.empty()) throw std::invalid_argument("trained_betas is empty");
+  for (size_t i = 0; i < betas.size(); ++i) {
+    const double b = betas[i];
+    if (!std::isfinite(b) || b <= 0.0 || b >= 1.0) {
+      std::ostringstream msg;
+      msg << "trained_betas[" << i << "] = " << b << " is outside (0, 1)";
+      throw std::invalid_argument(msg.str());
+    }
+  }
+  return betas;
+}
+
+std::vector<double> alphas_cumprod(const std::vector<double>& betas) {
+  std::vector<double> out(betas.size());
+  double running = 1.0;
+  for (size_t i = 0; i < betas.size(); ++i) {
+    running *= 1.0 - betas[i];
+    out[i] = running;
+  }
+  return out;
+}
+
+}  // namespace cellsynth

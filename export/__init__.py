@@ -1,0 +1,1 @@
+"""cellsynth.export: export of bundles to ONNX and TensorRT (see the engine issue)."""

@@ -1,0 +1,1 @@
+"""cellsynth.training: PyTorch models (scRDiT DiT), DDPM training and the reference sampler."""
