@@ -1,0 +1,586 @@
+"""DDPM training loop for the DiT: AdamW, warmup + cosine LR, EMA, exact checkpoint resume.
+
+One call to :func:`train` fits a denoiser on an expression matrix that is already in model space
+(normalised, log1p, zero-negated by the caller). Each step draws a batch from a shuffled order,
+timesteps ``t ~ U{0..T-1}`` and Gaussian noise, builds ``x_t = sqrt(ab_t) x0 + sqrt(1-ab_t) eps``
+and minimises the MSE between the model output and the target of ``prediction_type``.
+
+Reproducibility: every random draw comes from two explicitly seeded generators (one on the CPU for
+the epoch shuffles, one on the training device for timesteps, noise and label dropout), so the same
+seed on the same CPU gives bit-identical weights. A checkpoint written after an epoch holds the
+model, optimiser, LR scheduler, EMA, counters and every RNG state (stored as tensors and plain
+numbers so ``torch.load(weights_only=True)`` can read it); resuming from it reproduces the
+uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellsynth.training.device import autocast, resolve_device, resolve_mixed_precision
+from cellsynth.training.diffusion import PREDICTION_TYPES, add_noise, training_target
+from cellsynth.training.ema import EMA
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "lr_factor",
+    "train",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+# TrainConfig fields that must equal the checkpoint's for a resume to make sense. The others
+# (epochs, device, mixed_precision, progress, checkpoint_every_epochs) may change: more epochs
+# extend the run, with the cosine LR schedule recomputed over the new total.
+_RESUME_MUST_MATCH = (
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip_norm",
+    "ema_decay",
+    "ema_warmup",
+    "prediction_type",
+    "seed",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the data.
+    batch_size : int
+        Cells per optimiser step (the last batch of an epoch may be smaller).
+    learning_rate, weight_decay : float
+        AdamW settings; weight decay applies to matrices and embeddings, not to biases.
+    warmup_steps : int
+        Linear LR warm-up steps (clipped to the total number of steps), then cosine decay to 0.
+    grad_clip_norm : float or None
+        Clip the global gradient norm to this value; None disables clipping.
+    ema_decay : float
+        Decay of the weight EMA updated after every step.
+    ema_warmup : bool
+        Use the EMA warm-up ``min(decay, (1+n)/(10+n))`` (see ``cellsynth.training.ema``).
+    prediction_type : {"epsilon", "sample", "v_prediction"}
+        What the network predicts.
+    mixed_precision : {"auto", "no", "bf16"}
+        "auto" = bf16 autocast on CUDA, full precision on CPU and MPS.
+    seed : int
+        Seeds the shuffling generator (``seed``) and the noise generator (``seed + 1``).
+    device : str
+        "auto" (cuda > mps > cpu) or a torch device string.
+    progress : bool
+        Show a tqdm progress bar with the running loss.
+    checkpoint_every_epochs : int
+        Write a checkpoint every this many epochs (and always after the last one); 0 = only at the
+        end. Ignored without a checkpoint directory.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip_norm: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    prediction_type: str = "epsilon"
+    mixed_precision: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    checkpoint_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}"
+                )
+
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        positive_int("warmup_steps", self.warmup_steps, 0)
+        positive_int("checkpoint_every_epochs", self.checkpoint_every_epochs, 0)
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise ValueError(
+                f"TrainConfig.grad_clip_norm must be > 0 or None, got {self.grad_clip_norm!r}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"TrainConfig.prediction_type must be one of {PREDICTION_TYPES}, "
+                f"got {self.prediction_type!r}"
+            )
+        resolve_mixed_precision(self.mixed_precision, torch.device("cpu"))  # validates the name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig options: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The trained model (raw, not EMA, weights), in eval mode, on the CPU.
+    ema_state : dict[str, Tensor]
+        EMA weights as CPU tensors, keyed like ``model.state_dict()`` (load them to sample).
+    history : list of dict
+        One row per epoch: ``epoch`` (1-based), ``loss`` (mean over the epoch's cells), ``lr``
+        (of the epoch's last step), ``seconds``.
+    steps : int
+        Optimiser steps taken in total (including those before a resume).
+    device : str
+        The device it trained on.
+    """
+
+    model: nn.Module
+    ema_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    device: str = "cpu"
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier at optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
+
+    ``(step + 1) / warmup_steps`` for ``step < warmup_steps`` (so the first step is not wasted at
+    LR 0), then ``0.5 * (1 + cos(pi * (step - warmup) / (total - warmup)))``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _check_data(
+    model: nn.Module, x: np.ndarray, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the training matrix and labels against the model; return float32 / int64 copies."""
+    n_genes = int(model.n_genes)
+    label_sizes = tuple(int(s) for s in model.label_sizes)
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiu":
+        raise ValueError("x must be a dense numeric numpy array [cells, genes]")
+    if x.ndim != 2:
+        raise ValueError(f"x must be a 2-D array [cells, genes], got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no cells: cannot train on an empty matrix")
+    if x.shape[1] != n_genes:
+        raise ValueError(f"x has {x.shape[1]} genes but the model was built for {n_genes}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise ValueError(
+            f"x contains NaN or infinite values (in {bad} cells); clean the data first"
+        )
+    K = len(label_sizes)
+    if labels is None:
+        labels = np.zeros((x.shape[0], 0), dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.ndim == 1 and K == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or labels.shape != (x.shape[0], K):
+        raise ValueError(
+            f"labels must have shape [cells, label columns] = {(x.shape[0], K)} "
+            f"(the model has {K} label columns), got {labels.shape}"
+        )
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    for k, size in enumerate(label_sizes):
+        col = labels[:, k]
+        if col.min() < 0 or col.max() >= size:
+            bad = int(col.min() if col.min() < 0 else col.max())
+            raise ValueError(
+                f"label column {k} has class index {bad}, outside [0, {size - 1}] "
+                f"(the model was built with {size} classes for it)"
+            )
+    return x, labels
+
+
+def _fingerprint(x: np.ndarray, labels: np.ndarray) -> str:
+    """Short content hash of the training data (to warn when a resume sees other data)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(x.tobytes())
+    h.update(labels.tobytes())
+    return h.hexdigest()
+
+
+def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, Any]:
+    """All RNG states as tensors and plain numbers (loadable with weights_only=True)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "data_gen": data_gen.get_state(),
+        "noise_gen": noise_gen.get_state(),
+        "noise_gen_device": noise_gen.device.type,
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+    }
+
+
+def _set_rng_state(
+    state: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator, reseed: int
+) -> None:
+    """Inverse of :func:`_rng_state`; reseeds the noise generator if its device type changed."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    data_gen.set_state(state["data_gen"])
+    if state["noise_gen_device"] == noise_gen.device.type:
+        noise_gen.set_state(state["noise_gen"])
+    else:
+        warnings.warn(
+            f"the checkpoint was trained on {state['noise_gen_device']} and resumes on "
+            f"{noise_gen.device.type}: the noise stream is reseeded, so the run will not be "
+            "bit-identical to an uninterrupted one",
+            stacklevel=3,
+        )
+        noise_gen.manual_seed(reseed)
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["name"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary name in the same directory, fsync, then os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (a file, or a directory holding ``checkpoint.pt``) safely.
+
+    Uses ``torch.load(weights_only=True)``: no arbitrary pickled objects are executed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"cannot read training checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a cellsynth training checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return ckpt
+
+
+def _canonical(d: Any) -> str:
+    return json.dumps(d, sort_keys=True)
+
+
+def _check_resume(
+    ckpt: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    data: dict[str, Any],
+    schedule: dict[str, Any] | None,
+    config: TrainConfig,
+) -> None:
+    """Raise ValueError if the checkpoint belongs to another model, data shape or recipe."""
+    if _canonical(ckpt["model_config"]) != _canonical(model.config):
+        raise ValueError(
+            f"cannot resume from {path}: it was written for model config {ckpt['model_config']}, "
+            f"but this model is {model.config}"
+        )
+    for key in ("n_cells", "n_genes", "label_sizes"):
+        if ckpt["data"][key] != data[key]:
+            raise ValueError(
+                f"cannot resume from {path}: it was trained on data with {key}="
+                f"{ckpt['data'][key]}, this data has {key}={data[key]}"
+            )
+    if ckpt["data"]["fingerprint"] != data["fingerprint"]:
+        warnings.warn(
+            f"resuming from {path} with data of the same shape but different values",
+            stacklevel=3,
+        )
+    if schedule is not None and ckpt["schedule"] is not None:
+        if _canonical(ckpt["schedule"]) != _canonical(schedule):
+            raise ValueError(
+                f"cannot resume from {path}: it used noise schedule {ckpt['schedule']}, "
+                f"not {schedule}"
+            )
+    old = ckpt["train_config"]
+    diff = [k for k in _RESUME_MUST_MATCH if old.get(k) != getattr(config, k)]
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: the training config changed ({detail})")
+    if ckpt["epoch"] > config.epochs:
+        raise ValueError(
+            f"cannot resume from {path}: it has already trained {ckpt['epoch']} epochs, more than "
+            f"the {config.epochs} asked for"
+        )
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices/embeddings (ndim >= 2) only, as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999))
+
+
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    schedule: Any,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    *,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> TrainResult:
+    """Train a denoiser (normally a :class:`~cellsynth.training.dit.DiT`) as a DDPM.
+
+    Parameters
+    ----------
+    model : DiT
+        The model to train, modified in place (it has ``n_genes``, ``label_sizes``, ``config``).
+    x : ndarray [N, G] float32
+        Expression in model space (e.g. log1p-normalised with zeros replaced by -10).
+    labels : ndarray [N, K] int64 or None
+        Class index of each cell in each of the model's K label columns (None when K = 0).
+    schedule : NoiseSchedule
+        Forward-noise schedule (``alphas_cumprod`` [T], float64).
+    config : TrainConfig
+        Hyper-parameters.
+    checkpoint_dir : str or Path, optional
+        Where ``checkpoint.pt`` is written (atomically) after epochs; created if needed.
+    resume : bool
+        If True and ``checkpoint_dir`` holds a checkpoint, continue from it: the final weights are
+        bit-identical (on the same device) to those of an uninterrupted run. Without a checkpoint
+        training starts from scratch.
+    callback : callable, optional
+        Called after each epoch (after its checkpoint) with that epoch's history row; returning
+        True stops training there (a checkpoint is written if one is due).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError
+        Empty data, NaN/inf values, shape mismatches, labels out of range, or a checkpoint that
+        belongs to another model, data shape or training recipe.
+    """
+    x, labels = _check_data(model, x, labels)
+    N = x.shape[0]
+    device = resolve_device(config.device)
+    amp_dtype = resolve_mixed_precision(config.mixed_precision, device)
+    ac_dtype = torch.float32 if device.type == "mps" else torch.float64
+    alphas_cumprod = torch.as_tensor(np.asarray(schedule.alphas_cumprod), dtype=ac_dtype)
+    alphas_cumprod = alphas_cumprod.to(device)  # [T]
+    T = alphas_cumprod.shape[0]
+    steps_per_epoch = -(-N // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    warmup = min(config.warmup_steps, total_steps)
+    schedule_dict = schedule.to_dict() if hasattr(schedule, "to_dict") else None
+    data_info = {
+        "n_cells": N,
+        "n_genes": x.shape[1],
+        "label_sizes": [int(s) for s in model.label_sizes],
+        "fingerprint": _fingerprint(x, labels),
+    }
+
+    model.to(device)
+    optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps)
+    )
+    ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
+    data_gen = torch.Generator().manual_seed(config.seed)  # epoch shuffles, on the CPU
+    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t, noise, dropout
+    start_epoch, step, history = 0, 0, []
+
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            _check_resume(ckpt, ckpt_path, model, data_info, schedule_dict, config)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            ema.load_state_dict(ckpt["ema"])
+            start_epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
+            # the next step's LR under this run's schedule (differs only if `epochs` grew)
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * lr_factor(step, warmup, total_steps)
+            _set_rng_state(ckpt["rng"], data_gen, noise_gen, config.seed + 1 + step)
+        elif not resume and ckpt_path.exists():
+            warnings.warn(f"overwriting the checkpoint in {ckpt_path.parent}", stacklevel=2)
+    elif resume:
+        raise ValueError("resume=True needs a checkpoint_dir")
+
+    def save_checkpoint(epoch: int) -> None:
+        _save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "rng": _rng_state(data_gen, noise_gen),
+                "train_config": config.to_dict(),
+                "model_config": model.config,
+                "schedule": schedule_dict,
+                "data": data_info,
+            },
+            ckpt_path,
+        )
+
+    x_all = torch.from_numpy(x)  # [N, G], CPU
+    labels_all = torch.from_numpy(labels)  # [N, K], CPU
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not config.progress, desc="training", unit="step"
+    )
+    model.train()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(N, generator=data_gen)  # [N]
+            loss_sum = torch.zeros((), device=device)
+            lr = optimizer.param_groups[0]["lr"]
+            for i in range(steps_per_epoch):
+                idx = perm[i * config.batch_size : (i + 1) * config.batch_size]  # [b]
+                x0 = x_all[idx].to(device, non_blocking=True)  # [b, G]
+                y = labels_all[idx].to(device, non_blocking=True)  # [b, K]
+                t = torch.randint(0, T, (x0.shape[0],), generator=noise_gen, device=device)  # [b]
+                noise = torch.randn(x0.shape, generator=noise_gen, device=device)  # [b, G]
+                x_t = add_noise(x0, noise, t, alphas_cumprod)  # [b, G]
+                target = training_target(x0, noise, t, alphas_cumprod, config.prediction_type)
+                with autocast(device, amp_dtype):
+                    out = model(x_t, t, y, generator=noise_gen)  # [b, G]
+                loss = F.mse_loss(out.float(), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                ema.update(model)
+                step += 1
+                loss_sum += loss.detach() * x0.shape[0]
+                if config.progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
+                bar.update(1)
+            mean_loss = float(loss_sum / N)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"training diverged in epoch {epoch + 1} (loss {mean_loss}); "
+                    "lower learning_rate or check the input scale"
+                )
+            row = {
+                "epoch": epoch + 1,
+                "loss": mean_loss,
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            last = epoch + 1 == config.epochs
+            every = config.checkpoint_every_epochs
+            saved = False
+            if ckpt_path is not None and (last or (every and (epoch + 1) % every == 0)):
+                save_checkpoint(epoch + 1)
+                saved = True
+            if callback is not None and callback(dict(row)) and not last:
+                if ckpt_path is not None and not saved:
+                    save_checkpoint(epoch + 1)
+                break
+    finally:
+        bar.close()
+
+    model.eval().to("cpu")
+    ema_state = {k: v.detach().to("cpu").clone() for k, v in ema.averaged.items()}
+    return TrainResult(
+        model=model, ema_state=ema_state, history=history, steps=step, device=str(device)
+    )
