@@ -178,7 +178,7 @@ def test_record_json_round_trip(kang_prepared):
     assert d["gene_selection"] == {
         "method": "seurat",
         "n_top_genes": 2000,
-        "min_detection_rate": 0.01,
+        "min_detection_rate": 0.05,
     }
     assert d["split"]["stratify"] == ["cell_type", "stim"]
     back = PreprocessingRecord.from_dict(d)

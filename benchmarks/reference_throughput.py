@@ -1,0 +1,152 @@
+"""Throughput of the PyTorch path on this machine: preparation, training and reference sampling.
+
+This is the baseline the C++ scheduler and the ONNX/TensorRT engines are measured against later.
+Every timing is the median of --repeats runs; results go to JSON and a Markdown table.
+
+    python benchmarks/reference_throughput.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import cellsynth
+from cellsynth.data import prepare, zero_negate
+from cellsynth.schedules import NoiseSchedule
+from cellsynth.training.dit import build_dit
+from cellsynth.training.sampler import sample
+from cellsynth.training.trainer import TrainConfig, train
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cellsynth": cellsynth.__version__,
+    }
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=2000, help="training cells (Kang subsample)")
+    parser.add_argument("--sample-cells", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+
+    rows: list[dict[str, object]] = []
+    adata = cellsynth.datasets.kang()
+    t_prep = median_seconds(
+        lambda: prepare(adata, ["cell_type", "stim"], max_cells=args.cells), args.repeats
+    )
+    prepared = prepare(adata, ["cell_type", "stim"], max_cells=args.cells)
+    x = zero_negate(prepared.x_train)
+    labels = prepared.y_train
+    sizes = [len(prepared.vocabularies[k]) for k in prepared.label_keys]
+    n_genes = x.shape[1]
+    rows.append(
+        {
+            "task": f"prepare Kang ({args.cells} cells, 2000 HVG)",
+            "config": "-",
+            "seconds": t_prep,
+            "cells_per_s": args.cells / t_prep,
+        }
+    )
+
+    schedule = NoiseSchedule()
+    for name in ("small", "paper"):
+        model = build_dit(name, n_genes=n_genes, label_sizes=sizes)
+        n_params = sum(p.numel() for p in model.parameters())
+        if name == "small":
+            cfg = TrainConfig(epochs=1, progress=False, seed=0)
+            t_train = median_seconds(
+                lambda m=model, c=cfg: train(m, x, labels, schedule, c), args.repeats
+            )
+            rows.append(
+                {
+                    "task": f"train 1 epoch ({len(x)} cells, batch {cfg.batch_size})",
+                    "config": name,
+                    "params": n_params,
+                    "seconds": t_train,
+                    "cells_per_s": len(x) / t_train,
+                }
+            )
+        model.eval()
+        lab = torch.from_numpy(labels[: args.sample_cells])
+        reps = args.repeats if name == "small" else 1
+
+        def run(model=model, lab=lab) -> None:
+            sample(
+                model,
+                schedule.alphas_cumprod,
+                lab,
+                steps=args.steps,
+                generator=torch.Generator().manual_seed(0),
+            )
+
+        t_sample = median_seconds(run, reps)
+        rows.append(
+            {
+                "task": f"sample {len(lab)} cells, DDIM {args.steps} steps",
+                "config": name,
+                "params": n_params,
+                "seconds": t_sample,
+                "cells_per_s": len(lab) / t_sample,
+            }
+        )
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    result = {"date": stamp, "machine": machine(), "args": vars(args), "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference_throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    m = result["machine"]
+    lines = [
+        f"Measured {stamp} on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
+        f"{m['torch_threads']} threads); median of {args.repeats} runs.",
+        "",
+        "| task | config | parameters | seconds | cells/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f} M" if "params" in r else "-"
+        lines.append(
+            f"| {r['task']} | {r['config']} | {params} | {r['seconds']:.2f} | "
+            f"{r['cells_per_s']:.0f} |"
+        )
+    (out / "reference_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

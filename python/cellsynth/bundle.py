@@ -1,0 +1,404 @@
+"""Model bundles: one directory holding everything needed to generate from a trained model.
+
+Layout::
+
+    BUNDLE/
+      config.json          format + version, architecture, schedule, prediction type, genes,
+                           preprocessing record, label vocabularies and training label mix,
+                           SHA-256 of every weight file
+      model.safetensors    the trained weights
+      ema.safetensors      their exponential moving average (used for sampling by default)
+
+Weights are safetensors, never pickle. :func:`load_bundle` checks all of it before anything is
+used, and every failure names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth._version import __version__
+from cellsynth.errors import BundleError, MissingDependencyError
+from cellsynth.files import atomic_directory, sha256_file
+from cellsynth.schedules import NoiseSchedule
+
+FORMAT_NAME = "cellsynth-bundle"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "architecture",
+    "schedule",
+    "prediction_type",
+    "genes",
+    "preprocessing",
+    "labels",
+    "weights",
+)
+
+# Architecture name -> (module, class). Import is deferred so the runtime never needs torch.
+ARCHITECTURES = {"dit": ("cellsynth.training.dit", "DiT")}
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """The categorical labels a model is conditioned on.
+
+    Attributes
+    ----------
+    keys : list of str
+        obs column names, in the column order of the model's ``labels`` input [B, K].
+    vocabularies : dict of str to list of str
+        Category names per key; a label's code is its index here.
+    combinations : list of (codes, count)
+        Joint label combinations seen in training and how often, used to fill in labels a user
+        leaves unspecified.
+    """
+
+    keys: list[str]
+    vocabularies: dict[str, list[str]]
+    combinations: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of categories per key, in key order."""
+        return [len(self.vocabularies[k]) for k in self.keys]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keys": list(self.keys),
+            "vocabularies": {k: list(self.vocabularies[k]) for k in self.keys},
+            "combinations": [{"codes": list(c), "count": int(n)} for c, n in self.combinations],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelSpec:
+        keys = list(d["keys"])
+        vocab = {k: list(v) for k, v in d["vocabularies"].items()}
+        missing = [k for k in keys if k not in vocab]
+        if missing:
+            raise ValueError(f"labels.vocabularies has no entry for {missing}")
+        combos = [(tuple(int(c) for c in e["codes"]), int(e["count"])) for e in d["combinations"]]
+        for codes, _ in combos:
+            if len(codes) != len(keys) or any(
+                not 0 <= c < len(vocab[k]) for c, k in zip(codes, keys, strict=True)
+            ):
+                raise ValueError(
+                    f"labels.combinations holds codes {list(codes)} outside the vocabularies"
+                )
+        return cls(keys, vocab, combos)
+
+    @classmethod
+    def from_codes(
+        cls, keys: Sequence[str], vocabularies: Mapping[str, Sequence[str]], codes: np.ndarray
+    ) -> LabelSpec:
+        """Build the spec from training label codes int [N, K]."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), len(keys))
+        uniq, counts = np.unique(codes, axis=0, return_counts=True)
+        combos = [(tuple(int(c) for c in row), int(n)) for row, n in zip(uniq, counts, strict=True)]
+        return cls(list(keys), {k: list(vocabularies[k]) for k in keys}, combos)
+
+
+@dataclass
+class Bundle:
+    """A validated model bundle (see :func:`load_bundle`)."""
+
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.config["genes"])
+
+    @property
+    def labels(self) -> LabelSpec:
+        return LabelSpec.from_dict(self.config["labels"])
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_dict(self.config["schedule"])
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config["prediction_type"]
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return dict(self.config["architecture"])
+
+    @property
+    def preprocessing(self) -> Any:
+        """The :class:`cellsynth.data.PreprocessingRecord` the model was trained with."""
+        from cellsynth.data import PreprocessingRecord
+
+        return PreprocessingRecord.from_dict(self.config["preprocessing"])
+
+    @property
+    def zero_value(self) -> float:
+        """The value silent genes had in model space (the zero-negation value)."""
+        return float(self.config["preprocessing"]["zero_value"])
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of config.json, which itself pins the SHA-256 of every weight file."""
+        return hashlib.sha256((self.path / CONFIG_FILE).read_bytes()).hexdigest()
+
+    def weights_path(self, which: str = "ema") -> Path:
+        if which not in WEIGHT_FILES:
+            raise ValueError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {which!r}")
+        return self.path / WEIGHT_FILES[which]
+
+    def to_torch(self, weights: str = "ema", device: str = "cpu") -> Any:
+        """The denoiser as an eval-mode ``torch.nn.Module`` with the bundle's weights.
+
+        Its forward takes ``(x: float32 [B, G], t: [B], labels: int64 [B, K])`` and returns the
+        model output ``[B, G]`` (of the bundle's ``prediction_type``).
+        """
+        torch = _require_torch()
+        from safetensors.torch import load_file
+
+        module = _build_module(self.architecture, device="cpu")
+        state = load_file(str(self.weights_path(weights)))
+        _check_state_matches(module, state, self.weights_path(weights))
+        module.load_state_dict(state, strict=True)
+        return module.to(torch.device(device)).eval()
+
+
+def _require_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only where torch is absent
+        raise MissingDependencyError(
+            "this needs PyTorch: pip install torch==2.13.0 && pip install 'cellsynth[train]'"
+        ) from exc
+    return torch
+
+
+def _build_module(architecture: Mapping[str, Any], device: str = "cpu") -> Any:
+    import importlib
+
+    arch = dict(architecture)
+    name = arch.pop("name", None)
+    if name not in ARCHITECTURES:
+        raise BundleError(
+            f"unknown architecture {name!r}; this cellsynth knows {sorted(ARCHITECTURES)}"
+        )
+    module_name, class_name = ARCHITECTURES[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    torch = _require_torch()
+    with torch.device(device):
+        try:
+            return cls(**arch)
+        except TypeError as exc:
+            raise BundleError(f"architecture options do not fit {class_name}: {exc}") from exc
+
+
+def _check_state_matches(module: Any, shapes: Mapping[str, Any], where: Path) -> None:
+    """Raise BundleError unless ``shapes`` (name -> tensor or shape) fits ``module`` exactly."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", v)) for k, v in shapes.items()}
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected tensors {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else "")
+        )
+    wrong = [
+        f"{k} {found[k]} != {expected[k]}"
+        for k in expected.keys() & found.keys()
+        if found[k] != expected[k]
+    ]
+    if wrong:
+        problems.append("shape mismatch: " + "; ".join(sorted(wrong)[:5]))
+    if problems:
+        raise BundleError(f"weights in {where} do not match config.json: " + ", ".join(problems))
+
+
+def save_bundle(
+    out: str | os.PathLike,
+    *,
+    architecture: Mapping[str, Any],
+    schedule: NoiseSchedule,
+    prediction_type: str,
+    preprocessing: Any,
+    labels: LabelSpec,
+    model_state: Mapping[str, Any],
+    ema_state: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle directory atomically and return its path.
+
+    Parameters
+    ----------
+    out : path
+        Target directory; written under a temporary name and renamed when complete.
+    architecture : dict
+        Constructor options of the model plus ``"name"`` (e.g. ``DiT.config``).
+    preprocessing : PreprocessingRecord
+        Its ``genes`` become the bundle's gene order.
+    model_state, ema_state : dict of str to torch.Tensor
+        State dicts; ``ema_state`` defaults to ``model_state``.
+    training : dict, optional
+        Free-form provenance (data set, epochs, loss history, seed).
+    """
+    from safetensors.torch import save_file
+
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
+    record = preprocessing.to_dict()
+    config: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "cellsynth_version": __version__,
+        "architecture": dict(architecture),
+        "schedule": schedule.to_dict(),
+        "prediction_type": prediction_type,
+        "genes": list(record["genes"]),
+        "preprocessing": record,
+        "labels": labels.to_dict(),
+        "training": dict(training or {}),
+        "weights": {},
+    }
+    states = {"model": model_state, "ema": ema_state if ema_state is not None else model_state}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for which, state in states.items():
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+            save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata={"format": "pt"})
+            config["weights"][WEIGHT_FILES[which]] = sha256_file(tmp / WEIGHT_FILES[which])
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        # Validate what was written before it takes the final name.
+        _validate(Bundle(tmp, config), check_against_torch=False, verify_weights=False)
+    return Path(out)
+
+
+def load_bundle(path: str | os.PathLike | Bundle, verify_weights: bool = True) -> Bundle:
+    """Open and validate a bundle directory.
+
+    Checks: the directory and config.json exist and parse; format name and version are ones this
+    cellsynth reads; every required entry is present and consistent (gene count, label sizes,
+    schedule, prediction type, preprocessing record); every weight file exists, has the SHA-256
+    that config.json records and parses as safetensors; and, where PyTorch is installed, that the
+    tensors fit the architecture exactly.
+
+    Raises
+    ------
+    BundleError
+        Naming the file and the problem.
+    """
+    if isinstance(path, Bundle):
+        return path
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"no model bundle at {root}: not a directory")
+    cfg_path = root / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise BundleError(f"{root} is not a cellsynth bundle: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{cfg_path} is corrupt: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise BundleError(f"{cfg_path} is corrupt: expected a JSON object")
+    bundle = Bundle(root, config)
+    _validate(bundle, check_against_torch=True, verify_weights=verify_weights)
+    return bundle
+
+
+def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = True) -> None:
+    cfg, root = bundle.config, bundle.path
+    where = root / CONFIG_FILE
+    if cfg.get("format") != FORMAT_NAME:
+        raise BundleError(f"{where}: 'format' is {cfg.get('format')!r}, not {FORMAT_NAME!r}")
+    version = cfg.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = (
+            "upgrade cellsynth"
+            if isinstance(version, int) and version > FORMAT_VERSION
+            else ("re-create the bundle with this cellsynth")
+        )
+        raise BundleError(
+            f"{where}: bundle format version {version!r} (written by cellsynth "
+            f"{cfg.get('cellsynth_version', 'unknown')}) cannot be read by cellsynth "
+            f"{__version__}, which reads version {FORMAT_VERSION}; {hint}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise BundleError(f"{where} lacks required entries: {missing}")
+    try:
+        schedule = NoiseSchedule.from_dict(cfg["schedule"])
+        labels = LabelSpec.from_dict(cfg["labels"])
+        record = bundle.preprocessing
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: invalid entry: {exc}") from exc
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        raise BundleError(
+            f"{where}: prediction_type {cfg['prediction_type']!r} is not one of {PREDICTION_TYPES}"
+        )
+    arch = cfg["architecture"]
+    genes = cfg["genes"]
+    if len(set(genes)) != len(genes):
+        raise BundleError(f"{where}: gene names are not unique")
+    if list(record.genes) != list(genes):
+        raise BundleError(f"{where}: 'genes' differs from the preprocessing record's genes")
+    if arch.get("n_genes") != len(genes):
+        raise BundleError(
+            f"{where}: architecture expects {arch.get('n_genes')} genes but {len(genes)} are listed"
+        )
+    if list(arch.get("label_sizes", [])) != labels.sizes:
+        raise BundleError(
+            f"{where}: architecture label_sizes {arch.get('label_sizes')} do not match the label "
+            f"vocabularies {dict(zip(labels.keys, labels.sizes, strict=True))}"
+        )
+    if schedule.num_train_timesteps < 1:
+        raise BundleError(f"{where}: empty schedule")
+    _validate_weights(bundle, check_against_torch, verify_weights)
+
+
+def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights: bool) -> None:
+    from safetensors import safe_open
+
+    recorded = bundle.config["weights"]
+    module = None
+    if check_against_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            module = None  # the torch-free runtime checks checksums and headers only
+        else:
+            module = _build_module(bundle.architecture, device="meta")
+    for filename in WEIGHT_FILES.values():
+        path = bundle.path / filename
+        if not path.is_file():
+            raise BundleError(f"{bundle.path} is incomplete: {filename} is missing")
+        if filename not in recorded:
+            raise BundleError(f"{bundle.path / CONFIG_FILE} records no checksum for {filename}")
+        if verify_weights and sha256_file(path) != recorded[filename]:
+            raise BundleError(f"{path} is corrupt: its SHA-256 differs from the one in config.json")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise BundleError(f"{path} is corrupt: cannot be read as safetensors ({exc})") from exc
+        if module is not None:
+            _check_state_matches(module, shapes, path)

@@ -1,0 +1,1 @@
+"""The ``cellsynth`` command line (entry point: cellsynth.cli.main:main)."""

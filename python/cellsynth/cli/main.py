@@ -1,0 +1,65 @@
+"""``cellsynth`` entry point: builds the parser and turns every error into one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from cellsynth._version import __version__
+from cellsynth.cli import info, sample, train
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line with exit code 1, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cellsynth",
+        description="Train diffusion models on single-cell RNA-seq counts and generate "
+        "synthetic cells.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train.add_parser(sub)
+    sample.add_parser(sub)
+    info.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print(
+            "cellsynth: interrupted; nothing was written under the final output name",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if os.environ.get("CELLSYNTH_DEBUG"):
+            raise
+        print(f"cellsynth: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    from cellsynth.errors import CellsynthError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # Our own errors are written for the user; anything else gets its type as a hint.
+    if isinstance(exc, CellsynthError | FileNotFoundError | FileExistsError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

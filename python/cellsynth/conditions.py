@@ -1,0 +1,89 @@
+"""Turn a user's label requests into one label combination per generated cell.
+
+A user names some labels (``cell_type=B``) and leaves others open (``stim``). Open labels are drawn
+from their joint distribution in the training data given the named ones, so the synthetic cells
+carry every label the model knows and open labels keep their real proportions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from cellsynth.bundle import LabelSpec
+from cellsynth.errors import DataError
+
+ConditionValue = str | Sequence[str]
+
+
+def parse_condition_args(items: Sequence[str]) -> dict[str, list[str]]:
+    """Parse CLI ``KEY=VALUE`` strings; a key given twice collects several values."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise DataError(f"--condition expects KEY=VALUE (e.g. cell_type=B), got {item!r}")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def _codes_for(spec: LabelSpec, conditions: Mapping[str, ConditionValue]) -> dict[int, set[int]]:
+    """Map each named key's column to the allowed codes, validating names and values."""
+    allowed: dict[int, set[int]] = {}
+    for key, values in conditions.items():
+        if key not in spec.keys:
+            known = ", ".join(spec.keys) if spec.keys else "none (the model is unconditional)"
+            raise DataError(f"unknown label {key!r}; this model's labels are: {known}")
+        vocab = spec.vocabularies[key]
+        wanted = [values] if isinstance(values, str) else list(values)
+        unknown = [v for v in wanted if v not in vocab]
+        if unknown:
+            raise DataError(f"unknown value(s) {unknown} for label {key!r}; known values: {vocab}")
+        allowed[spec.keys.index(key)] = {vocab.index(v) for v in wanted}
+    return allowed
+
+
+def assign_labels(
+    spec: LabelSpec,
+    n_cells: int,
+    conditions: Mapping[str, ConditionValue] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Label codes int64 [n_cells, K] for the cells to generate, grouped by combination.
+
+    Combinations are drawn in proportion to their training counts among those matching
+    ``conditions``. When every key is named, a combination unseen in training is allowed (with a
+    warning): the model may still generate it, less reliably.
+    """
+    if n_cells < 1:
+        raise DataError(f"n_cells must be at least 1, got {n_cells}")
+    K = len(spec.keys)
+    if K == 0:
+        if conditions:
+            _codes_for(spec, conditions)  # raises: nothing can be named
+        return np.zeros((n_cells, 0), dtype=np.int64)
+    allowed = _codes_for(spec, conditions or {})
+    combos = [
+        (codes, count)
+        for codes, count in spec.combinations
+        if all(codes[j] in ok for j, ok in allowed.items())
+    ]
+    if not combos:
+        if len(allowed) < K:
+            raise DataError(
+                f"no training cells have {dict(conditions or {})}; name every label "
+                f"({', '.join(spec.keys)}) to generate an unseen combination anyway"
+            )
+        warnings.warn(
+            f"the combination {dict(conditions or {})} never occurs in the training data; "
+            "the model was not trained on it",
+            stacklevel=2,
+        )
+        grids = np.meshgrid(*[sorted(allowed[j]) for j in range(K)], indexing="ij")
+        combos = [(tuple(int(g) for g in row), 1) for row in np.stack(grids, -1).reshape(-1, K)]
+    codes = np.array([c for c, _ in combos], dtype=np.int64)
+    weights = np.array([n for _, n in combos], dtype=np.float64)
+    counts = np.random.default_rng(seed).multinomial(n_cells, weights / weights.sum())
+    return np.repeat(codes, counts, axis=0)

@@ -1,0 +1,89 @@
+"""Label requests -> one label combination per generated cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellsynth.bundle import LabelSpec
+from cellsynth.conditions import assign_labels, parse_condition_args
+from cellsynth.errors import DataError
+
+SPEC = LabelSpec(
+    keys=["cell_type", "stim"],
+    vocabularies={"cell_type": ["B", "NK", "T"], "stim": ["CTRL", "STIM"]},
+    # NK cells were only seen in CTRL; T cells dominate.
+    combinations=[((0, 0), 100), ((0, 1), 100), ((1, 0), 50), ((2, 0), 600), ((2, 1), 150)],
+)
+
+
+def test_parse_condition_args_collects_repeated_keys() -> None:
+    assert parse_condition_args(["cell_type=B", "stim=STIM", "cell_type=NK"]) == {
+        "cell_type": ["B", "NK"],
+        "stim": ["STIM"],
+    }
+    for bad in ["cell_type", "=B", "cell_type="]:
+        with pytest.raises(DataError, match="KEY=VALUE"):
+            parse_condition_args([bad])
+
+
+def test_no_conditions_follows_training_mix() -> None:
+    codes = assign_labels(SPEC, 100_000, seed=1)
+    assert codes.shape == (100_000, 2) and codes.dtype == np.int64
+    uniq, counts = np.unique(codes, axis=0, return_counts=True)
+    expected = {c: n / 1000 for c, n in SPEC.combinations}
+    for row, n in zip(uniq, counts, strict=True):
+        assert n / 100_000 == pytest.approx(expected[tuple(row)], abs=0.01)
+
+
+def test_named_label_fixes_it_and_open_label_keeps_its_conditional_mix() -> None:
+    codes = assign_labels(SPEC, 20_000, {"cell_type": "T"}, seed=2)
+    assert (codes[:, 0] == 2).all()
+    assert (codes[:, 1] == 1).mean() == pytest.approx(150 / 750, abs=0.02)
+
+
+def test_several_values_and_both_keys() -> None:
+    codes = assign_labels(SPEC, 1000, {"cell_type": ["B", "NK"], "stim": "CTRL"}, seed=3)
+    assert set(map(tuple, codes)) == {(0, 0), (1, 0)}
+
+
+def test_same_seed_same_labels() -> None:
+    a = assign_labels(SPEC, 500, {"stim": "STIM"}, seed=7)
+    b = assign_labels(SPEC, 500, {"stim": "STIM"}, seed=7)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unseen_full_combination_warns_but_works() -> None:
+    with pytest.warns(UserWarning, match="never occurs in the training data"):
+        codes = assign_labels(SPEC, 10, {"cell_type": "NK", "stim": "STIM"})
+    assert (codes == [1, 1]).all()
+
+
+def test_unseen_partial_combination_is_an_error() -> None:
+    spec = LabelSpec(SPEC.keys, SPEC.vocabularies, [((1, 0), 5)])
+    with pytest.raises(DataError, match="no training cells have .*name every label"):
+        assign_labels(spec, 10, {"cell_type": "B"})
+
+
+@pytest.mark.parametrize(
+    "conditions, message",
+    [
+        ({"tissue": "blood"}, "unknown label 'tissue'; this model's labels are: cell_type, stim"),
+        (
+            {"cell_type": "Mono"},
+            r"unknown value\(s\) \['Mono'\] for label 'cell_type'; known values",
+        ),
+    ],
+)
+def test_bad_conditions_are_named(conditions: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        assign_labels(SPEC, 10, conditions)
+
+
+def test_unconditional_model() -> None:
+    spec = LabelSpec([], {}, [])
+    assert assign_labels(spec, 5).shape == (5, 0)
+    with pytest.raises(DataError, match="unconditional"):
+        assign_labels(spec, 5, {"cell_type": "B"})
+    with pytest.raises(DataError, match="at least 1"):
+        assign_labels(spec, 0)

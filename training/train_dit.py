@@ -1,0 +1,141 @@
+"""Train a class-conditional scRDiT model on counts and write it as a bundle, top to bottom.
+
+counts (.h5ad or built-in name) -> prepare (QC, normalise, genes, split) -> zero-negation ->
+DiT -> DDPM training -> bundle (config.json + safetensors).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata
+
+from cellsynth import datasets
+from cellsynth.bundle import LabelSpec, save_bundle
+from cellsynth.data import prepare, zero_negate
+from cellsynth.schedules import NoiseSchedule
+from cellsynth.training.dit import build_dit
+from cellsynth.training.trainer import TrainConfig, train
+
+
+def default_checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where resumable training state lives: beside the bundle, never inside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoint")
+
+
+def train_dit_bundle(
+    data: str | os.PathLike | anndata.AnnData,
+    label_keys: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    config: str | dict[str, Any] = "small",
+    epochs: int = 10,
+    max_cells: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    learning_rate: float = 3e-4,
+    prediction_type: str = "epsilon",
+    n_top_genes: int = 2000,
+    gene_selection: str = "seurat",
+    zero_value: float = -10.0,
+    label_dropout: float = 0.1,
+    schedule: NoiseSchedule | None = None,
+    prepare_options: dict[str, Any] | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train a DiT on ``data`` conditioned on ``label_keys`` and save the bundle at ``out``.
+
+    ``prepare_options`` go to :func:`cellsynth.data.prepare` (QC thresholds, test fraction, ...).
+
+    Returns
+    -------
+    Path
+        The bundle directory. Resumable state is kept in ``checkpoint_dir`` (default
+        ``OUT.checkpoint``) and removed once the bundle is written.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (choose another --out or remove it)")
+    source = str(data) if not isinstance(data, anndata.AnnData) else "AnnData"
+    adata = data if isinstance(data, anndata.AnnData) else datasets.load(data)
+    prepared = prepare(
+        adata,
+        list(label_keys),
+        gene_selection=gene_selection,
+        n_top_genes=n_top_genes,
+        zero_value=zero_value,
+        seed=seed,
+        max_cells=max_cells,
+        **(prepare_options or {}),
+    )
+    schedule = schedule or NoiseSchedule()
+    labels = LabelSpec.from_codes(prepared.label_keys, prepared.vocabularies, prepared.y_train)
+    model = build_dit(
+        config,
+        n_genes=prepared.x_train.shape[1],
+        label_sizes=labels.sizes,
+        label_dropout=label_dropout,
+    )
+    train_config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        prediction_type=prediction_type,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(out)
+    started = time.perf_counter()
+    result = train(
+        model,
+        zero_negate(prepared.x_train, zero_value),
+        prepared.y_train,
+        schedule,
+        train_config,
+        checkpoint_dir=ckpt,
+        resume=resume,
+    )
+    path = save_bundle(
+        out,
+        architecture=result.model.config,
+        schedule=schedule,
+        prediction_type=prediction_type,
+        preprocessing=prepared.record,
+        labels=labels,
+        model_state=result.model.state_dict(),
+        ema_state=result.ema_state,
+        training={
+            "data": source,
+            "config": config if isinstance(config, str) else "custom",
+            "epochs": epochs,
+            "steps": result.steps,
+            "seed": seed,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "device": str(result.device),
+            "n_train_cells": int(prepared.x_train.shape[0]),
+            "n_test_cells": int(prepared.x_test.shape[0]),
+            "history": result.history,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        overwrite=overwrite,
+    )
+    _remove_checkpoints(ckpt)
+    return path
+
+
+def _remove_checkpoints(ckpt: Path) -> None:
+    import shutil
+
+    if ckpt.exists():
+        shutil.rmtree(ckpt, ignore_errors=True)
