@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anndata
+import torch
 
 from cellsynth import datasets
 from cellsynth.bundle import LabelSpec, save_bundle
@@ -79,12 +80,16 @@ def train_dit_bundle(
     )
     schedule = schedule or NoiseSchedule()
     labels = LabelSpec.from_codes(prepared.label_keys, prepared.vocabularies, prepared.y_train)
-    model = build_dit(
-        config,
-        n_genes=prepared.x_train.shape[1],
-        label_sizes=labels.sizes,
-        label_dropout=label_dropout,
-    )
+    # Seed the initial weights too, so a seed fixes the whole run (and a resumed run, which
+    # loads its weights, matches an uninterrupted one); fork_rng leaves the caller's RNG alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_dit(
+            config,
+            n_genes=prepared.x_train.shape[1],
+            label_sizes=labels.sizes,
+            label_dropout=label_dropout,
+        )
     train_config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
