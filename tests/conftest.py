@@ -94,6 +94,14 @@ def make_toy():
 # ---------------------------------------------------------------------------- model fixtures
 
 TINY_DIT = dict(patch_size=5, hidden_size=32, depth=1, num_heads=2, mlp_ratio=2.0)
+# train_dit_bundle options for a tiny model on make_toy_adata counts (seconds on 2 cores).
+TINY_TRAINING = dict(
+    config=TINY_DIT,
+    epochs=2,
+    batch_size=32,
+    progress=False,
+    prepare_options=dict(min_genes_per_cell=10),
+)
 
 
 @pytest.fixture(scope="session")
@@ -109,10 +117,6 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
         make_toy_adata(n_cells=240, n_genes=150),
         ["cell_type", "batch"],
         out,
-        config=TINY_DIT,
-        epochs=2,
-        batch_size=32,
         n_top_genes=100,
-        progress=False,
-        prepare_options=dict(min_genes_per_cell=10),
+        **TINY_TRAINING,
     )

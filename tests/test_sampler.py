@@ -410,28 +410,23 @@ class Perfect(nn.Module):
 def test_perfect_denoiser_returns_the_data_point(kind, scheduler, steps, eta):
     x_star = torch.tensor([-10.0, -10.0, 0.5, 2.0, 3.5, -10.0, 1.0])
     labels = torch.zeros(5, 0, dtype=torch.long)
-    out = sample(
-        Perfect(x_star, kind),
-        AC,
-        labels,
-        steps=steps,
-        scheduler=scheduler,
-        eta=eta,
-        prediction_type=kind,
-        generator=torch.Generator().manual_seed(0),
-        truncate=False,
-    )
+
+    def run(**extra):
+        return sample(
+            Perfect(x_star, kind),
+            AC,
+            labels,
+            steps=steps,
+            scheduler=scheduler,
+            eta=eta,
+            prediction_type=kind,
+            generator=torch.Generator().manual_seed(0),
+            **extra,
+        )
+
+    out = run(truncate=False)
     torch.testing.assert_close(out, x_star.expand(5, -1), rtol=1e-4, atol=2e-4)
-    truncated = sample(
-        Perfect(x_star, kind),
-        AC,
-        labels,
-        steps=steps,
-        scheduler=scheduler,
-        eta=eta,
-        prediction_type=kind,
-        generator=torch.Generator().manual_seed(0),
-    )
+    truncated = run()
     torch.testing.assert_close(truncated, x_star.clamp_min(0).expand(5, -1), rtol=1e-4, atol=2e-4)
 
 

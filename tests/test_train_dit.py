@@ -6,20 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_DIT, make_toy_adata
+from conftest import TINY_TRAINING, make_toy_adata
 
 import cellsynth
 from cellsynth.training import train_dit as pipeline
 from cellsynth.training.trainer import train as real_train
 
-OPTIONS = dict(
-    config=TINY_DIT,
-    epochs=2,
-    batch_size=32,
-    n_top_genes=50,
-    progress=False,
-    prepare_options=dict(min_genes_per_cell=10),
-)
+OPTIONS = dict(TINY_TRAINING, n_top_genes=50)
 
 
 def test_interrupted_run_resumes_to_the_same_bundle(
