@@ -77,6 +77,27 @@ std::vector<double> validate_betas(const std::vector<double>& betas) {
   return betas;
 }
 
+std::vector<double> rescale_zero_terminal_snr(const std::vector<double>& betas) {
+  const size_t n = betas.size();
+  if (n < 2) {
+    throw std::invalid_argument("rescale_betas_zero_snr needs at least 2 timesteps, got " +
+                                std::to_string(n));
+  }
+  std::vector<double> s = alphas_cumprod(betas);
+  for (double& v : s) v = std::sqrt(v);
+  const double s0 = s.front();
+  const double sT = s.back();
+  if (!(s0 > sT)) {
+    throw std::invalid_argument("rescale_betas_zero_snr needs a decreasing alphas_cumprod");
+  }
+  const double scale = s0 / (s0 - sT);
+  for (double& v : s) v = (v - sT) * scale;
+  std::vector<double> out(n);
+  out[0] = 1.0 - s[0] * s[0];
+  for (size_t i = 1; i < n; ++i) out[i] = 1.0 - (s[i] * s[i]) / (s[i - 1] * s[i - 1]);
+  return out;
+}
+
 std::vector<double> alphas_cumprod(const std::vector<double>& betas) {
   std::vector<double> out(betas.size());
   double running = 1.0;

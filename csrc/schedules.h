@@ -21,6 +21,13 @@ std::vector<double> make_betas(const std::string& beta_schedule, int64_t num_tra
 // Checks user-given betas (finite, 0 < beta < 1, non-empty) and returns them unchanged.
 std::vector<double> validate_betas(const std::vector<double>& betas);
 
+// Zero-terminal-SNR rescaling (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps
+// are Flawed", Algorithm 1; diffusers' rescale_zero_terminal_snr): with s_t = sqrt(alphas_cumprod),
+//   s_t <- (s_t - s_{T-1}) * s_0 / (s_0 - s_{T-1})
+// so that alphas_cumprod[0] is unchanged and alphas_cumprod[T-1] = 0 (the last beta becomes 1).
+// Needs T >= 2 and a schedule whose alphas_cumprod is not constant.
+std::vector<double> rescale_zero_terminal_snr(const std::vector<double>& betas);
+
 // alphas_cumprod[t] = prod_{s <= t} (1 - betas[s]).
 std::vector<double> alphas_cumprod(const std::vector<double>& betas);
 

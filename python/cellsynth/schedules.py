@@ -2,7 +2,7 @@
 
 The names follow diffusers' scheduler configs, so a bundle's ``schedule`` block reads the same as a
 ``DDIMScheduler`` config: ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
-``trained_betas``.
+``trained_betas``, ``rescale_betas_zero_snr``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ class NoiseSchedule:
         'linear', 'scaled_linear' or 'squaredcos_cap_v2'; ignored when ``trained_betas`` is given.
     trained_betas : tuple of float or None
         Explicit betas [T]; overrides the named schedule.
+    rescale_betas_zero_snr : bool
+        Rescale the betas to zero terminal SNR (Lin et al. 2023, Algorithm 1; diffusers'
+        ``rescale_zero_terminal_snr``): ``sqrt(alphas_cumprod)`` is shifted and scaled so that its
+        first value is kept and its last becomes 0 (the last beta becomes 1). A model trained on
+        such a schedule sees pure noise at t = T - 1; it then needs 'v_prediction' or 'sample'
+        (epsilon cannot recover x0 there).
     """
 
     num_train_timesteps: int = 1000
@@ -38,6 +44,7 @@ class NoiseSchedule:
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     trained_betas: tuple[float, ...] | None = field(default=None)
+    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
         if self.trained_betas is not None:
@@ -48,17 +55,26 @@ class NoiseSchedule:
             raise ValueError(
                 f"unknown beta_schedule {self.beta_schedule!r}; expected one of {BETA_SCHEDULES}"
             )
+        if not isinstance(self.rescale_betas_zero_snr, (bool, np.bool_)):
+            raise ValueError(
+                f"rescale_betas_zero_snr must be True or False, got {self.rescale_betas_zero_snr!r}"
+            )
+        object.__setattr__(self, "rescale_betas_zero_snr", bool(self.rescale_betas_zero_snr))
         # Validate the remaining parameters once, at construction.
         self.betas  # noqa: B018
 
     @property
     def betas(self) -> np.ndarray:
-        """Betas, float64 [T]."""
+        """Betas, float64 [T] (after the zero-terminal-SNR rescaling when it is on)."""
         if self.trained_betas is not None:
-            return np.asarray(self.trained_betas, dtype=np.float64)
-        return _core.make_betas(
-            self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end
-        )
+            betas = np.asarray(self.trained_betas, dtype=np.float64)
+        else:
+            betas = _core.make_betas(
+                self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end
+            )
+        if self.rescale_betas_zero_snr:
+            betas = _core.rescale_zero_terminal_snr(betas)
+        return betas
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -73,8 +89,15 @@ class NoiseSchedule:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseSchedule:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas"}
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
+        known = {
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "beta_schedule",
+            "trained_betas",
+            "rescale_betas_zero_snr",
+        }
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown schedule options: {sorted(unknown)}")
