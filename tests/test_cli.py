@@ -45,6 +45,10 @@ def test_sample_writes_h5ad_atomically(tiny_bundle: Path, tmp_path: Path) -> Non
             "cell_type=gamma",
             "--batch-size",
             "8",
+            "--scheduler",
+            "dpmsolver++",
+            "--timestep-spacing",
+            "trailing",
             "--out",
             str(out),
         ]
@@ -52,7 +56,10 @@ def test_sample_writes_h5ad_atomically(tiny_bundle: Path, tmp_path: Path) -> Non
     assert code == 0
     adata = anndata.read_h5ad(out)
     assert adata.shape == (20, 100) and set(adata.obs["cell_type"]) == {"gamma"}
-    assert adata.uns["cellsynth"]["seed"] == 5
+    prov = adata.uns["cellsynth"]
+    assert prov["seed"] == 5
+    assert (prov["scheduler"], prov["timestep_spacing"]) == ("dpmsolver++", "trailing")
+    assert prov["noise"] == "philox4x32-10"
     assert [p.name for p in tmp_path.iterdir()] == ["syn.h5ad"]  # no temporary left behind
 
 
@@ -75,6 +82,25 @@ def test_sample_writes_h5ad_atomically(tiny_bundle: Path, tmp_path: Path) -> Non
         ),
         (["train", "dit", "--data", "no-such.h5ad", "--out", "x"], "no-such.h5ad"),
         (["sample", "BUNDLE", "--n-cells", "many", "--out", "o.h5ad"], "invalid int value"),
+        (
+            ["sample", "BUNDLE", "--n-cells", "5", "--scheduler", "euler", "--out", "o.h5ad"],
+            "invalid choice: 'euler'",
+        ),
+        (
+            [
+                "sample",
+                "BUNDLE",
+                "--n-cells",
+                "5",
+                "--scheduler",
+                "ddpm",
+                "--eta",
+                "1",
+                "--out",
+                "o.h5ad",
+            ],
+            "eta applies to the ddim scheduler only",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_1(

@@ -10,7 +10,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--n-cells", type=int, required=True)
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (ddim only)"
+    )
     p.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)"
     )
@@ -21,9 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="label value to generate, e.g. cell_type=B; repeat for more keys or values",
     )
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument(
-        "--timestep-spacing", default="leading", choices=["leading", "trailing", "linspace"]
+        "--scheduler",
+        default="ddim",
+        choices=["ddim", "ddpm", "dpmsolver++"],
+        help="update rule (default: ddim); dpmsolver++ needs only 10-20 steps",
+    )
+    p.add_argument(
+        "--timestep-spacing",
+        default="leading",
+        choices=["leading", "trailing", "linspace", "quadratic"],
+        help="which training timesteps the steps visit (default: leading)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=512)
