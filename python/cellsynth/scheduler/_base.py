@@ -412,6 +412,23 @@ class SchedulerBase:
 
     # --- diffusers compatibility ----------------------------------------------------------
 
+    def _select_timesteps(
+        self, num_inference_steps: int | None, timesteps: Any, spacing_fn=None
+    ) -> np.ndarray:
+        """The int64 timestep list of ``set_timesteps``: a validated custom list, or S of them.
+
+        ``spacing_fn(T, S, spacing, steps_offset)`` builds the list (default ``_core.timesteps``;
+        DPM-Solver passes its own).
+        """
+        T = self.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        if timesteps is not None:
+            return _core.validate_timesteps(timesteps, T)
+        S = check_int("num_inference_steps", num_inference_steps, 1, T)
+        fn = spacing_fn or _core.timesteps
+        return fn(T, S, self._config["timestep_spacing"], self._config["steps_offset"])
+
     def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
         """The model input at ``timestep``: the sample itself (no scaling in these schedulers)."""
         return sample

@@ -187,18 +187,12 @@ class DDIMScheduler(SchedulerBase):
         timesteps : sequence of int, optional
             A strictly descending list within [0, T) (instead of ``num_inference_steps``).
         """
-        cfg = self._config
-        T = self.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps and timesteps")
-        if timesteps is not None:
-            ts = _core.validate_timesteps(timesteps, T)
-        else:
-            S = check_int("num_inference_steps", num_inference_steps, 1, T)
-            ts = _core.timesteps(T, S, cfg["timestep_spacing"], cfg["steps_offset"])
+        ts = self._select_timesteps(num_inference_steps, timesteps)
         self.timesteps = ts
         self.num_inference_steps = len(ts)
-        self._prev_timesteps = _core.previous_timesteps(ts, T, cfg["bug_compatible_prev_timestep"])
+        self._prev_timesteps = _core.previous_timesteps(
+            ts, self.num_train_timesteps, self._config["bug_compatible_prev_timestep"]
+        )
         self._index = {int(t): i for i, t in enumerate(ts.tolist())}
 
     def index_for_timestep(self, timestep: Any) -> int:

@@ -167,17 +167,8 @@ class DDPMScheduler(SchedulerBase):
         timesteps : sequence of int, optional
             A strictly descending list within [0, T) (instead of ``num_inference_steps``).
         """
-        cfg = self._config
-        T = self.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps and timesteps")
-        if timesteps is not None:
-            ts = _core.validate_timesteps(timesteps, T)
-            self.custom_timesteps = True
-        else:
-            S = check_int("num_inference_steps", num_inference_steps, 1, T)
-            ts = _core.timesteps(T, S, cfg["timestep_spacing"], cfg["steps_offset"])
-            self.custom_timesteps = False
+        ts = self._select_timesteps(num_inference_steps, timesteps)
+        self.custom_timesteps = timesteps is not None
         self._use_timesteps(ts)
         self.num_inference_steps = len(ts)
 

@@ -220,16 +220,8 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         timesteps : sequence of int, optional
             A strictly descending list within [0, T) (instead of ``num_inference_steps``).
         """
-        cfg = self._config
-        T = self.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps and timesteps")
-        if timesteps is not None:
-            ts = _core.validate_timesteps(timesteps, T)
-        else:
-            S = check_int("num_inference_steps", num_inference_steps, 1, T)
-            ts = _core.dpmsolver_timesteps(T, S, cfg["timestep_spacing"], cfg["steps_offset"])
-        if cfg["final_sigmas_type"] == "zero":
+        ts = self._select_timesteps(num_inference_steps, timesteps, _core.dpmsolver_timesteps)
+        if self._config["final_sigmas_type"] == "zero":
             last = 0.0
         else:
             last = float(np.sqrt((1.0 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]))
