@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _machine import machine
 
 import cellsynth
 from cellsynth.data import prepare, zero_negate
@@ -25,25 +24,6 @@ from cellsynth.schedules import NoiseSchedule
 from cellsynth.training.dit import build_dit
 from cellsynth.training.sampler import sample
 from cellsynth.training.trainer import TrainConfig, train
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cellsynth": cellsynth.__version__,
-    }
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine as base_machine
 
-import cellsynth
 from cellsynth import _core
 from cellsynth.scheduler import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -43,27 +42,12 @@ GOAL_GPU_FRACTION = 0.70  # of device copy bandwidth
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **base_machine(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset (OpenMP default)"),
-        "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
         "diffusers": _version("diffusers"),
-        "python": platform.python_version(),
-        "cellsynth": cellsynth.__version__,
         "cuda_compiled": bool(getattr(_core, "cuda_compiled", False)),
-        # Other work on the machine skews a memory-bound benchmark: record how busy it was.
-        "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()],
     }
 
 
