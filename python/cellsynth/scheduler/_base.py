@@ -557,3 +557,37 @@ _KNOWN_OPTIONS = frozenset(
         "seed",
     }
 )
+
+
+class ListedTimestepsScheduler(SchedulerBase):
+    """A scheduler whose previous timestep is looked up in its timestep list (DDIM, DDPM)."""
+
+    _prev_timesteps: np.ndarray | None = None
+    _index: dict[int, int] = {}
+
+    def _use_timesteps(self, ts: np.ndarray) -> None:
+        """Adopt ``ts`` and precompute each step's previous timestep and position."""
+        self.timesteps = ts
+        self._prev_timesteps = _core.previous_timesteps(
+            ts, self.num_train_timesteps, self._config["bug_compatible_prev_timestep"]
+        )
+        self._index = {int(t): i for i, t in enumerate(ts.tolist())}
+
+    def index_for_timestep(self, timestep: Any) -> int:
+        """Position of ``timestep`` in :attr:`timesteps`; a ValueError names it when absent."""
+        if self._prev_timesteps is None:
+            raise ValueError(
+                "the number of inference steps is not set: call set_timesteps(...) before step()"
+            )
+        t = as_timestep(timestep)
+        try:
+            return self._index[t]
+        except KeyError:
+            raise ValueError(
+                f"timestep {t} is not one of the {len(self.timesteps)} timesteps set by "
+                "set_timesteps"
+            ) from None
+
+    def previous_timestep(self, timestep: Any) -> int:
+        """The timestep the step from ``timestep`` lands on (-1: the clean end)."""
+        return int(self._prev_timesteps[self.index_for_timestep(timestep)])

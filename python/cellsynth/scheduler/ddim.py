@@ -38,8 +38,7 @@ import numpy as np
 from cellsynth import _core
 from cellsynth.scheduler._base import (
     TIMESTEP_SPACINGS,
-    SchedulerBase,
-    as_timestep,
+    ListedTimestepsScheduler,
     check_bool,
     check_choice,
     check_int,
@@ -49,7 +48,7 @@ from cellsynth.scheduler._base import (
 __all__ = ["DDIMScheduler"]
 
 
-class DDIMScheduler(SchedulerBase):
+class DDIMScheduler(ListedTimestepsScheduler):
     """Denoising diffusion implicit models: deterministic (eta = 0) or stochastic sampling.
 
     Parameters
@@ -168,8 +167,6 @@ class DDIMScheduler(SchedulerBase):
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
         self.num_inference_steps: int | None = None
         self.timesteps = np.arange(self.num_train_timesteps, dtype=np.int64)[::-1].copy()
-        self._prev_timesteps: np.ndarray | None = None
-        self._index: dict[int, int] = {}
 
     # --- timesteps ------------------------------------------------------------------------
 
@@ -188,31 +185,8 @@ class DDIMScheduler(SchedulerBase):
             A strictly descending list within [0, T) (instead of ``num_inference_steps``).
         """
         ts = self._select_timesteps(num_inference_steps, timesteps)
-        self.timesteps = ts
+        self._use_timesteps(ts)
         self.num_inference_steps = len(ts)
-        self._prev_timesteps = _core.previous_timesteps(
-            ts, self.num_train_timesteps, self._config["bug_compatible_prev_timestep"]
-        )
-        self._index = {int(t): i for i, t in enumerate(ts.tolist())}
-
-    def index_for_timestep(self, timestep: Any) -> int:
-        """Position of ``timestep`` in :attr:`timesteps`; a ValueError names it when absent."""
-        if self._prev_timesteps is None:
-            raise ValueError(
-                "the number of inference steps is not set: call set_timesteps(...) before step()"
-            )
-        t = as_timestep(timestep)
-        try:
-            return self._index[t]
-        except KeyError:
-            raise ValueError(
-                f"timestep {t} is not one of the {len(self.timesteps)} timesteps set by "
-                "set_timesteps"
-            ) from None
-
-    def previous_timestep(self, timestep: Any) -> int:
-        """The timestep the step from ``timestep`` lands on (-1: the clean end)."""
-        return int(self._prev_timesteps[self.index_for_timestep(timestep)])
 
     def _alpha_prods(self, index: int) -> tuple[float, float]:
         t = int(self.timesteps[index])

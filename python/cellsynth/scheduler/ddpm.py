@@ -29,8 +29,7 @@ import numpy as np
 from cellsynth import _core
 from cellsynth.scheduler._base import (
     TIMESTEP_SPACINGS,
-    SchedulerBase,
-    as_timestep,
+    ListedTimestepsScheduler,
     check_bool,
     check_choice,
     check_int,
@@ -42,7 +41,7 @@ __all__ = ["DDPMScheduler"]
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
-class DDPMScheduler(SchedulerBase):
+class DDPMScheduler(ListedTimestepsScheduler):
     """Denoising diffusion probabilistic models: ancestral sampling on T or S timesteps.
 
     Parameters
@@ -145,14 +144,6 @@ class DDPMScheduler(SchedulerBase):
 
     # --- timesteps ------------------------------------------------------------------------
 
-    def _use_timesteps(self, ts: np.ndarray) -> None:
-        cfg = self._config
-        self.timesteps = ts
-        self._prev_timesteps = _core.previous_timesteps(
-            ts, self.num_train_timesteps, cfg["bug_compatible_prev_timestep"]
-        )
-        self._index = {int(t): i for i, t in enumerate(ts.tolist())}
-
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, timesteps: Any = None
     ) -> None:
@@ -171,21 +162,6 @@ class DDPMScheduler(SchedulerBase):
         self.custom_timesteps = timesteps is not None
         self._use_timesteps(ts)
         self.num_inference_steps = len(ts)
-
-    def index_for_timestep(self, timestep: Any) -> int:
-        """Position of ``timestep`` in :attr:`timesteps`; a ValueError names it when absent."""
-        t = as_timestep(timestep)
-        try:
-            return self._index[t]
-        except KeyError:
-            raise ValueError(
-                f"timestep {t} is not one of the {len(self.timesteps)} timesteps set by "
-                "set_timesteps"
-            ) from None
-
-    def previous_timestep(self, timestep: Any) -> int:
-        """The timestep the step from ``timestep`` lands on (-1: the clean end)."""
-        return int(self._prev_timesteps[self.index_for_timestep(timestep)])
 
     # --- step -----------------------------------------------------------------------------
 
