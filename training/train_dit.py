@@ -7,6 +7,7 @@ DiT -> DDPM training -> bundle (config.json + safetensors).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,12 +136,6 @@ def train_dit_bundle(
         },
         overwrite=overwrite,
     )
-    _remove_checkpoints(ckpt)
+    # Resumable state is useless once the bundle is whole.
+    shutil.rmtree(ckpt, ignore_errors=True)
     return path
-
-
-def _remove_checkpoints(ckpt: Path) -> None:
-    import shutil
-
-    if ckpt.exists():
-        shutil.rmtree(ckpt, ignore_errors=True)

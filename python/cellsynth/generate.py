@@ -101,8 +101,7 @@ def generate(
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    model = b.to_torch(weights=weights, device=str(dev))
-    model.eval()
+    model = b.to_torch(weights=weights, device=str(dev))  # already in eval mode
     model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
     step_kw = {"eta": float(eta)} if scheduler == "ddim" else {}
