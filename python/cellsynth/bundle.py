@@ -47,6 +47,9 @@ REQUIRED_KEYS = (
     "weights",
 )
 
+# Bundles shipped inside the package, addressable by name wherever a bundle path is accepted.
+SHIPPED_DIR = Path(__file__).parent / "models"
+
 # Architecture name -> (module, class). Import is deferred so the runtime never needs torch.
 ARCHITECTURES = {"dit": ("cellsynth.training.dit", "DiT")}
 
@@ -308,9 +311,7 @@ def load_bundle(path: str | os.PathLike | Bundle, verify_weights: bool = True) -
     """
     if isinstance(path, Bundle):
         return path
-    root = Path(path)
-    if not root.is_dir():
-        raise BundleError(f"no model bundle at {root}: not a directory")
+    root = resolve_bundle_path(path)
     cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
         raise BundleError(f"{root} is not a cellsynth bundle: {CONFIG_FILE} is missing")
@@ -323,6 +324,26 @@ def load_bundle(path: str | os.PathLike | Bundle, verify_weights: bool = True) -
     bundle = Bundle(root, config)
     _validate(bundle, check_against_torch=True, verify_weights=verify_weights)
     return bundle
+
+
+def shipped_bundles() -> list[str]:
+    """Names of the bundles shipped with cellsynth (e.g. 'kang-dit')."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def resolve_bundle_path(path: str | os.PathLike) -> Path:
+    """A bundle directory from a path or a shipped bundle's name (a real path wins)."""
+    root = Path(path)
+    if root.is_dir():
+        return root
+    if str(path) in shipped_bundles():
+        return SHIPPED_DIR / str(path)
+    shipped = ", ".join(shipped_bundles()) or "none"
+    raise BundleError(
+        f"no model bundle at {root}: not a directory nor a shipped bundle name (shipped: {shipped})"
+    )
 
 
 def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = True) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,3 +88,47 @@ def assign_labels(
     weights = np.array([n for _, n in combos], dtype=np.float64)
     counts = np.random.default_rng(seed).multinomial(n_cells, weights / weights.sum())
     return np.repeat(codes, counts, axis=0)
+
+
+def composition_labels(spec: LabelSpec, obs: Any, n_cells: int) -> np.ndarray:
+    """Label codes int64 [n_cells, K] matching the joint label mix of a real dataset.
+
+    Parameters
+    ----------
+    spec : LabelSpec
+        The bundle's labels.
+    obs : DataFrame
+        The real cells' obs; must hold every label column of the bundle.
+    n_cells : int
+        How many codes to produce; counts per combination are the real proportions rounded by
+        largest remainder (so they sum to ``n_cells`` exactly), grouped by combination.
+    """
+    if n_cells < 1:
+        raise DataError(f"n_cells must be at least 1, got {n_cells}")
+    missing = [k for k in spec.keys if k not in obs.columns]
+    if missing:
+        raise DataError(
+            f"the composition data has no label column(s) {missing}; it needs {spec.keys}"
+        )
+    K = len(spec.keys)
+    if K == 0:
+        return np.zeros((n_cells, 0), dtype=np.int64)
+    columns = []
+    for key in spec.keys:
+        values = obs[key].astype(str).to_numpy()
+        vocab = spec.vocabularies[key]
+        unknown = sorted(set(values) - set(vocab))
+        if unknown:
+            raise DataError(
+                f"the composition data has {key} value(s) {unknown[:10]} the model does not know; "
+                f"known values: {vocab}"
+            )
+        index = {v: i for i, v in enumerate(vocab)}
+        columns.append(np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)))
+    combos, real_counts = np.unique(np.stack(columns, axis=1), axis=0, return_counts=True)
+    exact = real_counts / real_counts.sum() * n_cells
+    counts = np.floor(exact).astype(np.int64)
+    # Largest remainder; ties go to the more common combination, then the lower codes.
+    order = np.lexsort((-real_counts, -(exact - counts)))
+    counts[order[: n_cells - counts.sum()]] += 1
+    return np.repeat(combos, counts, axis=0)

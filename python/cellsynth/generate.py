@@ -1,14 +1,18 @@
 """Generate synthetic cells from a bundle: the Python face of ``cellsynth sample``.
 
-The denoiser is the bundle's PyTorch model; the update rule, the noise and the final zero-negation
-truncation are the C++ scheduler (:mod:`cellsynth.scheduler`). Classifier-free guidance stays here:
-the model sees ``[x; x]`` with the cells' labels and the null labels, and the scheduler steps on
-``uncond + g * (cond - uncond)``.
+The denoiser is any backend (:mod:`cellsynth.backends`: torch, onnxruntime, tensorrt) behind one
+interface; the update rule, the noise and the final zero-negation truncation are the C++ scheduler
+(:mod:`cellsynth.scheduler`). Generation never branches on the backend.
 
 Randomness is keyed, never sequential: x_T and every step's noise are Philox4x32-10 normals keyed
 by (seed, global cell index, step, gene), and each batch passes the global index of its first cell
-as ``cell_offset``. So a cell's values do not depend on ``batch_size`` (nor on how a run is split
-into chunks or shards).
+as ``cell_offset``. So a cell's values do not depend on ``batch_size``, on how a run is split into
+chunks, on resuming, or on sharding: shard k of N holds exactly the cells an unsharded run gives
+those indices. Labels are assigned for all ``n_cells`` first, then sliced.
+
+Large runs stream: with ``out=``, chunks of cells are written to disk as they finish
+(:mod:`cellsynth.chunks`), an interrupted run resumes, and the final .h5ad is assembled in bounded
+memory (:mod:`cellsynth.h5ad_stream`) under a temporary name, then renamed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import anndata
 import numpy as np
@@ -25,15 +32,20 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from cellsynth import _core
 from cellsynth._version import __version__
-from cellsynth.bundle import Bundle, _require_torch, load_bundle
-from cellsynth.conditions import ConditionValue, assign_labels
+from cellsynth.backends import load_denoiser
+from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.chunks import ChunkStore
+from cellsynth.conditions import ConditionValue, assign_labels, composition_labels
+from cellsynth.counts import draw_library_sizes, expression_to_counts
 from cellsynth.errors import DataError
+from cellsynth.files import atomic_path
+from cellsynth.h5ad_stream import StreamingH5ADWriter
 
 SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 NOISE = "philox4x32-10"
+DEFAULT_CHUNK_CELLS = 8192
 
 
 def generate(
@@ -48,17 +60,26 @@ def generate(
     timestep_spacing: str = "leading",
     batch_size: int = 512,
     weights: str = "ema",
+    engine: str = "auto",
     device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+    composition: str | os.PathLike | anndata.AnnData | None = None,
+    shard: tuple[int, int] | None = None,
+    counts: bool = False,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_CELLS,
     progress: bool = True,
 ) -> anndata.AnnData:
     """Sample synthetic cells.
 
     Parameters
     ----------
-    bundle : path or Bundle
-        The trained model.
+    bundle : path, shipped name or Bundle
+        The trained model ('kang-dit' names the shipped default).
     n_cells : int
-        Number of cells to generate.
+        Number of cells of the whole run (all shards together).
     steps : int
         Denoising steps (a sub-sequence of the T training steps; ``steps=T`` with
         ``scheduler='ddpm'`` is ancestral DDPM sampling).
@@ -81,80 +102,64 @@ def generate(
     batch_size : int
         Cells denoised together; the result does not depend on it.
     weights : {'ema', 'model'}
+        Which weights the torch engine uses (ONNX exports record their own).
+    engine : {'auto', 'torch', 'onnxruntime', 'tensorrt'}
+        The denoiser backend; 'auto' takes the fastest available and says which.
     device : str
-        Where the model runs: 'auto' (CUDA when available), 'cpu', 'cuda', ...
+        'auto', 'cpu', 'cuda' or 'cuda:N'.
+    precision : str, optional
+        Export precision for onnxruntime ('fp32', 'fp16', 'int8') or TensorRT ('fp16', 'bf16',
+        'fp32').
+    threads : int, optional
+        CPU threads of the engine.
+    composition : path or AnnData, optional
+        Real cells whose joint label mix the synthetic cells match (instead of ``conditions``).
+    shard : (k, N), optional
+        Generate only shard k (0-based) of N: cells ``k*n_cells//N`` up to ``(k+1)*n_cells//N``,
+        with exactly the values an unsharded run gives them.
+    counts : bool
+        Also return integer counts in ``layers['counts']``, with library sizes drawn from the
+        training cells' distribution.
+    out : path, optional
+        Stream to this .h5ad: chunks are kept on disk as they finish, the file is assembled in
+        bounded memory and the result is returned opened in backed mode.
+    resume : bool
+        With ``out``: continue an interrupted run with the same settings.
+    chunk_size : int
+        Cells per chunk on disk (the unit of resuming).
 
     Returns
     -------
     AnnData
-        ``X``: log-normalised expression, CSR float32 [n_cells, G] (negatives truncated to zero);
+        ``X``: log-normalised expression, CSR float32 [n, G] (negatives truncated to zero);
         ``var_names``: the bundle's genes; ``obs``: one categorical column per label;
-        ``uns['cellsynth']``: provenance (bundle hash, scheduler, spacing, steps, eta, seed, noise
-        generator, version, ...).
+        ``layers['counts']`` (with ``counts``): CSR int32; ``uns['cellsynth']``: provenance
+        (bundle hash, engine, scheduler, spacing, steps, eta, seed, shard, noise, version, ...).
     """
-    torch = _require_torch()
-
     b = load_bundle(bundle)
     _check_options(n_cells, steps, eta, guidance, scheduler, timestep_spacing, batch_size, b)
-    spec = b.labels
-    codes = assign_labels(spec, n_cells, conditions, seed=seed)
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
+    if resume and out is None:
+        raise DataError("resume needs an output file (out=... / --out) to resume into")
+    if out is not None and not str(out).endswith(".h5ad"):
+        raise DataError(f"the output must be an .h5ad file, got {out}")
+    lo, hi = shard_range(n_cells, shard)
+    codes = _labels(b, n_cells, conditions, composition, seed)  # [n_cells, K], all shards
+    denoiser, why = load_denoiser(
+        b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
     )
-    model = b.to_torch(weights=weights, device=str(dev))  # already in eval mode
-    model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
-    step_kw = {"eta": float(eta)} if scheduler == "ddim" else {}
-    n_genes = len(b.genes)
-    guided = guidance != 1.0
-
-    blocks = []
-    started = time.perf_counter()
-    bar = tqdm(total=n_cells, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
-    # The scheduler steps CUDA tensors in place on the GPU when the core has CUDA; otherwise the
-    # state lives on the CPU (NumPy memory shared with torch, no copies there).
-    step_dev = dev if dev.type == "cuda" and _core.cuda_compiled else torch.device("cpu")
-    with torch.no_grad():
-        for start in range(0, n_cells, batch_size):
-            labels = torch.from_numpy(codes[start : start + batch_size]).to(dev)  # [B, K]
-            B = len(labels)
-            if guided:
-                labels = torch.cat([labels, model.null_labels(B, device=dev)])  # [2B, K]
-            sched.set_timesteps(steps)  # also clears a multistep solver's history
-            x_T = sched.init_noise(B, n_genes, cell_offset=start)  # [B, G] float32
-            x = torch.from_numpy(x_T).to(step_dev)  # [B, G]
-            for t in sched.timesteps.tolist():
-                xin = x.to(dev, model_dtype)  # [B, G]
-                if guided:
-                    xin = torch.cat([xin, xin])  # [2B, G]
-                tb = torch.full((len(xin),), t, dtype=torch.long, device=dev)  # [B] or [2B]
-                out = model(xin, tb, labels).float()  # [B, G] or [2B, G]
-                if guided:
-                    cond, uncond = out.chunk(2)  # each [B, G]
-                    out = uncond + guidance * (cond - uncond)  # [B, G]
-                out = out.to(step_dev).contiguous()  # [B, G] float32
-                if out.data_ptr() == x.data_ptr():  # a model that hands back its input
-                    out = out.clone()
-                # In place; negatives are truncated on the last step (truncate_final).
-                sched.step(out, t, x, cell_offset=start, out=x, **step_kw)  # [B, G]
-            blocks.append(sp.csr_matrix(x.cpu().numpy()))
-            bar.update(B)
-    bar.close()
-    seconds = time.perf_counter() - started
-
-    X = sp.vstack(blocks, format="csr").astype(np.float32)
-    obs = pd.DataFrame(
-        {
-            key: pd.Categorical.from_codes(codes[:, j], categories=spec.vocabularies[key])
-            for j, key in enumerate(spec.keys)
-        },
-        index=pd.Index([f"synthetic-{i}" for i in range(n_cells)], dtype=object),
-    )
-    var = pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene"))
-    provenance = {
-        "bundle": str(b.path),
+    if progress:
+        print(
+            f"cellsynth: engine {denoiser.name} on {denoiser.device}"
+            + (f" (auto: {why})" if engine == "auto" else ""),
+            file=sys.stderr,
+        )
+    run = _Run(b, denoiser, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size)
+    settings = {
         "bundle_hash": b.hash,
         "n_cells": int(n_cells),
+        "shard": [lo, hi],
         "steps": int(steps),
         "eta": float(eta),
         "seed": int(seed),
@@ -162,17 +167,210 @@ def generate(
         "scheduler": scheduler,
         "timestep_spacing": timestep_spacing,
         "weights": weights,
-        "engine": "torch",
-        "device": str(dev),
+        "engine": denoiser.name,
+        "precision": denoiser.details.get("precision"),
+        "labels_sha": _labels_digest(codes),
+        "counts": bool(counts),
+        "chunk_size": int(chunk_size),
+    }
+    provenance = {
+        "bundle": str(b.path),
+        **settings,
+        "shard": None if shard is None else [int(shard[0]), int(shard[1])],
+        "cells": [lo, hi],
+        "engine_choice": why,
+        "backend": denoiser.describe(),
         "noise": NOISE,
         "conditions": {
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
         },
-        "seconds": round(seconds, 3),
+        "composition": None if composition is None else _describe_source(composition),
         "cellsynth_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return anndata.AnnData(X=X, obs=obs, var=var, uns={"cellsynth": provenance})
+    del provenance["labels_sha"]
+    provenance = _without_none(provenance)  # .h5ad cannot store None
+    obs = _obs(b, codes[lo:hi], lo)
+    var = pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene"))
+    starts = range(lo, hi, chunk_size)
+    bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
+    started = time.perf_counter()
+    try:
+        if out is None:
+            blocks = []
+            for start in starts:
+                blocks.append(run.chunk(codes, start, min(start + chunk_size, hi), counts))
+                bar.update(blocks[-1]["X"].shape[0])
+            provenance["seconds"] = round(time.perf_counter() - started, 3)
+            X = sp.vstack([c["X"] for c in blocks], format="csr").astype(np.float32)
+            layers = (
+                {"counts": sp.vstack([c["counts"] for c in blocks], format="csr")}
+                if counts
+                else None
+            )
+            return anndata.AnnData(
+                X=X,
+                obs=obs,
+                var=var,
+                layers=layers,
+                uns={"cellsynth": provenance},
+            )
+        store = ChunkStore(out, settings, resume=resume)
+        for start in starts:
+            stop = min(start + chunk_size, hi)
+            if not store.has(start):
+                store.save(start, run.chunk(codes, start, stop, counts))
+            bar.update(stop - start)
+        provenance["seconds"] = round(time.perf_counter() - started, 3)
+        _assemble(out, store, starts, hi, chunk_size, obs, var, counts, provenance)
+        store.remove()
+        return anndata.read_h5ad(out, backed="r")
+    finally:
+        bar.close()
+        denoiser.close()
+
+
+def shard_range(n_cells: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Global cell indices [lo, hi) of shard ``(k, N)`` (0-based k); all cells when None."""
+    if shard is None:
+        return 0, n_cells
+    try:
+        k, n = (int(v) for v in shard)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}") from exc
+    if not 0 <= k < n:
+        raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}")
+    return k * n_cells // n, (k + 1) * n_cells // n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse the CLI's ``k/N``."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise DataError(f"--shard expects k/N with 0 <= k < N (e.g. 0/4), got {text!r}")
+    if not int(k) < int(n):
+        raise DataError(f"--shard expects k/N with 0 <= k < N (e.g. 0/4), got {text!r}")
+    return int(k), int(n)
+
+
+class _Run:
+    """Everything a chunk of cells needs: bundle, denoiser, scheduler and sampling options."""
+
+    def __init__(
+        self,
+        b: Bundle,
+        denoiser: Any,
+        scheduler: str,
+        timestep_spacing: str,
+        steps: int,
+        eta: float,
+        seed: int,
+        guidance: float,
+        batch_size: int,
+    ) -> None:
+        self.b, self.denoiser, self.steps, self.seed = b, denoiser, steps, seed
+        self.guidance, self.batch_size = guidance, batch_size
+        self.sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
+        self.step_options = {"eta": float(eta)} if scheduler == "ddim" else {}
+        self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
+        self.n_genes = len(b.genes)
+
+    def batches(self, codes: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
+        for s in range(start, stop, self.batch_size):
+            e = min(s + self.batch_size, stop)
+            labels = codes[s:e]  # [B, K]
+            self.sched.set_timesteps(self.steps)  # also clears a multistep solver's history
+            x_T = self.sched.init_noise(e - s, self.n_genes, cell_offset=s)  # [B, G]
+            null = np.broadcast_to(self.null, labels.shape).copy()  # [B, K]
+            yield self.denoiser.denoise(
+                self.sched, x_T, labels, null, self.guidance, s, self.step_options
+            )  # [B, G] float32
+
+    def chunk(self, codes: np.ndarray, start: int, stop: int, counts: bool) -> dict[str, Any]:
+        """Cells ``start .. stop - 1``: {'X': CSR float32 [n, G]} (+ 'counts': CSR int32)."""
+        X = sp.vstack(
+            [sp.csr_matrix(x) for x in self.batches(codes, start, stop)], format="csr"
+        ).astype(np.float32)
+        out = {"X": X}
+        if counts:
+            record = self.b.preprocessing
+            sizes = draw_library_sizes(record.library_size, stop - start, self.seed, start)
+            out["counts"] = expression_to_counts(X, sizes, record.target_sum)
+        return out
+
+
+def _labels(
+    b: Bundle,
+    n_cells: int,
+    conditions: Mapping[str, ConditionValue] | None,
+    composition: Any,
+    seed: int,
+) -> np.ndarray:
+    if composition is None:
+        return assign_labels(b.labels, n_cells, conditions, seed=seed)
+    if conditions:
+        raise DataError("give either conditions or a composition to match, not both")
+    if isinstance(composition, anndata.AnnData):
+        obs = composition.obs
+    else:
+        path = Path(composition)
+        if not path.is_file():
+            raise DataError(f"composition file {path} does not exist")
+        obs = anndata.read_h5ad(path, backed="r").obs
+    return composition_labels(b.labels, obs, n_cells)
+
+
+def _without_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_none(v) if isinstance(v, Mapping) else v for k, v in d.items() if v is not None
+    }
+
+
+def _labels_digest(codes: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _describe_source(composition: Any) -> str:
+    return "AnnData" if isinstance(composition, anndata.AnnData) else str(composition)
+
+
+def _obs(b: Bundle, codes: np.ndarray, first: int) -> pd.DataFrame:
+    spec = b.labels
+    return pd.DataFrame(
+        {
+            key: pd.Categorical.from_codes(codes[:, j], categories=spec.vocabularies[key])
+            for j, key in enumerate(spec.keys)
+        },
+        index=pd.Index([f"synthetic-{first + i}" for i in range(len(codes))], dtype=object),
+    )
+
+
+def _assemble(
+    out: str | os.PathLike,
+    store: ChunkStore,
+    starts: range,
+    hi: int,
+    chunk_size: int,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    counts: bool,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Stream the stored chunks, in order, into ``out`` (temporary name, then renamed)."""
+    with atomic_path(out) as tmp:
+        writer = StreamingH5ADWriter(tmp, var, layers={"counts": np.int32} if counts else None)
+        try:
+            for start in starts:
+                chunk = store.load(start)
+                if chunk["X"].shape[0] != min(start + chunk_size, hi) - start:
+                    raise DataError(f"chunk at cell {start} in {store.path} is incomplete")
+                writer.append(chunk["X"], {"counts": chunk["counts"]} if counts else None)
+            writer.finish(obs, {"cellsynth": dict(provenance)})
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def _make_scheduler(b: Bundle, scheduler: str, timestep_spacing: str, seed: int):

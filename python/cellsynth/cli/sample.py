@@ -7,8 +7,8 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate synthetic cells from a bundle")
-    p.add_argument("bundle", help="bundle directory")
-    p.add_argument("--n-cells", type=int, required=True)
+    p.add_argument("bundle", help="bundle directory or shipped name (kang-dit)")
+    p.add_argument("--n-cells", type=int, required=True, help="cells of the whole run")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     p.add_argument(
         "--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (ddim only)"
@@ -35,10 +35,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["leading", "trailing", "linspace", "quadratic"],
         help="which training timesteps the steps visit (default: leading)",
     )
+    p.add_argument(
+        "--composition",
+        metavar="REAL.h5ad",
+        help="match the joint label mix of these real cells (instead of --condition)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--weights", default="ema", choices=["ema", "model"])
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="denoiser backend (default: auto, the fastest available; the choice is printed)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision", help="onnxruntime: fp32 (default), fp16, int8; tensorrt: fp16 (default)"
+    )
+    p.add_argument("--threads", type=int, help="CPU threads of the engine")
+    p.add_argument(
+        "--shard",
+        metavar="k/N",
+        help="generate only shard k (0-based) of N, with the values an unsharded run gives them",
+    )
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="also write integer counts to layers['counts'] (library sizes drawn from training)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run with the same settings"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=8192,
+        help="cells per chunk kept on disk as they finish (the unit of --resume)",
+    )
     p.add_argument(
         "--out", required=True, help="output .h5ad (written to a temporary name, then renamed)"
     )
@@ -47,8 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from cellsynth.conditions import parse_condition_args
-    from cellsynth.files import write_h5ad
-    from cellsynth.generate import generate
+    from cellsynth.generate import generate, parse_shard
 
     if not args.out.endswith(".h5ad"):
         raise ValueError(f"--out must end in .h5ad, got {args.out!r}")
@@ -64,7 +97,20 @@ def run(args: argparse.Namespace) -> None:
         timestep_spacing=args.timestep_spacing,
         batch_size=args.batch_size,
         weights=args.weights,
+        engine=args.engine,
         device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        composition=args.composition,
+        shard=parse_shard(args.shard) if args.shard else None,
+        counts=args.counts,
+        out=args.out,
+        resume=args.resume,
+        chunk_size=args.chunk_size,
     )
-    path = write_h5ad(adata, args.out)
-    print(f"wrote {adata.n_obs} cells x {adata.n_vars} genes to {path}")
+    info = adata.uns["cellsynth"]
+    print(
+        f"wrote {adata.n_obs} cells x {adata.n_vars} genes to {args.out} "
+        f"({info['backend']['engine']} on {info['backend']['device']}, {info['seconds']:.1f} s)"
+    )
+    adata.file.close()

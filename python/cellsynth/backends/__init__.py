@@ -1,0 +1,141 @@
+"""Denoiser backends behind one interface (:class:`Denoiser`), and the choice among them.
+
+========== ===================================== ==========================================
+engine      runs                                  needs
+========== ===================================== ==========================================
+torch       the bundle's module, eager            PyTorch (CUDA graphs on a GPU)
+onnxruntime the bundle's ONNX export              onnxruntime (CPU); onnxruntime-gpu (CUDA)
+tensorrt    an engine built from the ONNX export  an NVIDIA GPU, TensorRT 10
+========== ===================================== ==========================================
+
+``engine='auto'`` takes the first available in the order TensorRT, onnxruntime on CUDA, torch on
+CUDA, onnxruntime on the CPU, torch on the CPU: the order measured fastest (benchmarks/engines.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from cellsynth.backends.base import Denoiser
+from cellsynth.bundle import Bundle
+from cellsynth.errors import CellsynthError, MissingDependencyError
+
+ENGINES = ("torch", "onnxruntime", "tensorrt")
+
+__all__ = ["ENGINES", "Denoiser", "choose_engine", "load_denoiser"]
+
+
+def _cuda_device_count() -> int:
+    from cellsynth import _core
+
+    try:
+        return int(_core.cuda_device_count()) if _core.cuda_compiled else 0
+    except Exception:  # noqa: BLE001 - a broken driver means: no usable GPU
+        return 0
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _torch_cuda() -> bool:
+    if not _has_module("torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _has_onnx(bundle: Bundle) -> bool:
+    from cellsynth.exports import export_entry
+
+    return export_entry(bundle, "onnx", "fp32") is not None
+
+
+def choose_engine(bundle: Bundle, device: str = "auto") -> tuple[str, str, str]:
+    """Pick ``(engine, device, why)`` for ``engine='auto'``.
+
+    ``device`` 'auto' allows a GPU; 'cpu' keeps everything on the host; 'cuda[:N]' requires one.
+    """
+    want_cpu = device == "cpu"
+    gpu = not want_cpu and _cuda_device_count() > 0
+    onnx = _has_onnx(bundle)
+    cuda = "cuda:0" if device in ("auto", "cuda") else device
+    if gpu and onnx and _has_module("tensorrt"):
+        return "tensorrt", cuda, "GPU with TensorRT and an ONNX export"
+    if gpu and onnx and _ort_cuda():
+        return "onnxruntime", cuda, "GPU with onnxruntime-gpu and an ONNX export"
+    if not want_cpu and _torch_cuda():
+        return "torch", cuda, "GPU with PyTorch (no ONNX export or no TensorRT/onnxruntime-gpu)"
+    if device not in ("auto", "cpu"):
+        raise CellsynthError(f"device {device!r} was asked for but no CUDA device is usable here")
+    if onnx:
+        return "onnxruntime", "cpu", "CPU with an ONNX export"
+    if _has_module("torch"):
+        return "torch", "cpu", "CPU without an ONNX export (cellsynth export BUNDLE --format onnx)"
+    raise MissingDependencyError(
+        f"nothing can run {bundle.path}: it has no ONNX export and PyTorch is not installed; "
+        f"export it where torch is (cellsynth export {bundle.path} --format onnx) or "
+        "pip install torch==2.13.0"
+    )
+
+
+def load_denoiser(
+    bundle: Bundle,
+    engine: str = "auto",
+    device: str = "auto",
+    weights: str = "ema",
+    precision: str | None = None,
+    threads: int | None = None,
+) -> tuple[Denoiser, str]:
+    """Build the denoiser for ``engine`` and return it with a line saying why it was chosen.
+
+    Parameters
+    ----------
+    engine : {'auto', 'torch', 'onnxruntime', 'tensorrt'}
+    device : str
+        'auto', 'cpu', 'cuda' or 'cuda:N'.
+    weights : {'ema', 'model'}
+        For torch; ONNX files and engines were exported from one of them (see exports.json).
+    precision : str, optional
+        onnxruntime: 'fp32' (default), 'fp16', 'int8'; tensorrt: 'fp16' (default), 'bf16', 'fp32'.
+    threads : int, optional
+        CPU threads (torch, onnxruntime on the CPU).
+    """
+    if engine not in (*ENGINES, "auto"):
+        raise CellsynthError(f"engine must be 'auto' or one of {ENGINES}, got {engine!r}")
+    why = "asked for"
+    if engine == "auto":
+        engine, device, why = choose_engine(bundle, device)
+    elif device == "auto":
+        device = (
+            "cuda:0" if engine == "tensorrt" or (engine == "torch" and _torch_cuda()) else "cpu"
+        )
+    denoiser: Any
+    if engine == "torch":
+        from cellsynth.backends.torch_backend import TorchDenoiser
+
+        denoiser = TorchDenoiser(bundle, device=device, weights=weights, threads=threads)
+    elif engine == "onnxruntime" and device == "cpu":
+        from cellsynth.backends.onnxruntime_backend import OnnxRuntimeDenoiser
+
+        denoiser = OnnxRuntimeDenoiser(bundle, precision=precision or "fp32", threads=threads)
+    elif engine == "onnxruntime":
+        from cellsynth.backends.onnxruntime_cuda_backend import OnnxRuntimeCudaDenoiser
+
+        denoiser = OnnxRuntimeCudaDenoiser(bundle, precision=precision or "fp32", device=device)
+    else:
+        from cellsynth.backends.tensorrt_backend import TensorRTDenoiser
+
+        denoiser = TensorRTDenoiser(bundle, precision=precision or "fp16", device=device)
+    return denoiser, why

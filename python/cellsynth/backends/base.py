@@ -1,0 +1,119 @@
+"""The one denoiser interface every backend implements, and the denoising loop written against it.
+
+A backend maps ``(x_t [B, G] float32, timesteps [B] int64, labels [B, K] int64)`` to the model
+output ``[B, G] float32``, in whatever memory it prefers (NumPy arrays on the host, torch tensors,
+CUDA device buffers): :meth:`Denoiser.to_native` / :meth:`Denoiser.to_host` move data in and out,
+and :meth:`Denoiser.denoise` runs a whole batch from x_T to x_0 with the C++ scheduler, which
+steps host and CUDA memory alike. Generation calls only ``denoise``, so it never branches on the
+backend; a backend may override ``denoise`` wholesale (TensorRT replays the loop as a CUDA graph).
+
+Classifier-free guidance is part of the loop: the model sees ``[x; x]`` with the cells' labels and
+the null labels, and the scheduler steps on ``uncond + g * (cond - uncond)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+class Denoiser(ABC):
+    """A bundle's denoiser on one backend.
+
+    Attributes
+    ----------
+    name : str
+        'torch', 'onnxruntime' or 'tensorrt'.
+    device : str
+        Where it runs: 'cpu' or 'cuda:N'.
+    details : dict
+        What a run's provenance should record about it (precision, provider, threads, ...).
+    """
+
+    name: str = ""
+    device: str = "cpu"
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] = {}
+
+    @abstractmethod
+    def __call__(self, x_t: Any, timesteps: Any, labels: Any) -> Any:
+        """Model output [B, G] float32 for x_t [B, G] float32, timesteps [B] int64 and
+        labels [B, K] int64, all native arrays of this backend. Never returns ``x_t`` itself."""
+
+    # Memory movement and the few array operations guidance needs. The defaults are NumPy.
+    def to_native(self, host: np.ndarray) -> Any:
+        """A native copy of a host array (float32 [B, G] or int64 [B, K] / [B])."""
+        return np.ascontiguousarray(host)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        """A NumPy array [B, G] float32 with the values of native array ``x``."""
+        return np.asarray(x)
+
+    def timesteps(self, t: int, n: int) -> Any:
+        """Native int64 [n] filled with ``t``."""
+        return self.to_native(np.full(n, t, dtype=np.int64))
+
+    def twice(self, x: Any) -> Any:
+        """Native ``[x; x]`` [2B, G] (guidance feeds each cell with and without its labels)."""
+        return np.concatenate([x, x])
+
+    def guide(self, out: Any, scale: float) -> Any:
+        """Native ``uncond + scale * (cond - uncond)`` [B, G] from out = ``[cond; uncond]``."""
+        cond, uncond = np.split(out, 2)
+        return np.ascontiguousarray(uncond + np.float32(scale) * (cond - uncond), np.float32)
+
+    def denoise(
+        self,
+        scheduler: Any,
+        x_T: np.ndarray,
+        labels: np.ndarray,
+        null_labels: np.ndarray,
+        guidance: float,
+        cell_offset: int,
+        step_options: Mapping[str, Any],
+    ) -> np.ndarray:
+        """Run one batch from x_T to x_0.
+
+        Parameters
+        ----------
+        scheduler : cellsynth scheduler
+            Already ``set_timesteps``; its last step truncates negatives.
+        x_T : np.ndarray float32 [B, G]
+            Initial noise (keyed by global cell index, see :mod:`cellsynth.generate`).
+        labels, null_labels : np.ndarray int64 [B, K]
+            The cells' label codes and the null codes used by guidance.
+        guidance : float
+            Classifier-free guidance scale; 1 means plain conditional sampling.
+        cell_offset : int
+            Global index of the first cell (keys the per-step noise).
+        step_options : dict
+            Extra ``scheduler.step`` keywords (DDIM's ``eta``).
+
+        Returns
+        -------
+        np.ndarray float32 [B, G]
+        """
+        guided = guidance != 1.0
+        x = self.to_native(np.ascontiguousarray(x_T, dtype=np.float32))  # [B, G]
+        codes = np.concatenate([labels, null_labels]) if guided else labels  # [B or 2B, K]
+        lab = self.to_native(np.ascontiguousarray(codes, dtype=np.int64))
+        n_in = len(codes)
+        for t in scheduler.timesteps.tolist():
+            out = self(self.twice(x) if guided else x, self.timesteps(t, n_in), lab)
+            if guided:
+                out = self.guide(out, guidance)  # [B, G]
+            # In place; the last step also truncates negatives to zero.
+            scheduler.step(out, t, x, cell_offset=cell_offset, out=x, **step_options)
+        return self.to_host(x)
+
+    def close(self) -> None:
+        """Free device memory and sessions (also done when garbage-collected)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: engine name, device and backend details."""
+        return {"engine": self.name, "device": self.device, **self.details}

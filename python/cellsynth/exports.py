@@ -1,0 +1,141 @@
+"""The exported forms of a bundle's denoiser (ONNX files, TensorRT engines) and their manifest.
+
+Exports live inside the bundle directory beside the weights::
+
+    BUNDLE/
+      exports.json                 manifest: what was exported, from which config.json, checksums
+      onnx/model.fp32.onnx         one ONNX file per precision ('fp32', 'fp16', 'int8')
+      tensorrt/<key>.plan          TensorRT engines, keyed by GPU, compute capability, TensorRT
+                                   version and precision (an engine only runs where it was built)
+      tensorrt/timing.cache        TensorRT's timing cache, reused by later builds
+
+The manifest is separate from config.json on purpose: config.json's SHA-256 is the bundle's identity
+(recorded in every output's provenance), and exporting must not change it. The manifest records
+that hash, so exports left over from another model are refused instead of silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cellsynth.errors import BundleError
+from cellsynth.files import atomic_path, sha256_file
+
+EXPORTS_FILE = "exports.json"
+EXPORTS_FORMAT = "cellsynth-exports"
+EXPORTS_VERSION = 1
+KINDS = ("onnx", "tensorrt")
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _bundle_root_and_hash(bundle: Any) -> tuple[Path, str]:
+    from cellsynth.bundle import load_bundle
+
+    b = load_bundle(bundle, verify_weights=False) if not hasattr(bundle, "hash") else bundle
+    return Path(b.path), b.hash
+
+
+def read_exports(bundle: Any) -> dict[str, Any]:
+    """The bundle's export manifest (an empty one when nothing was exported yet).
+
+    Raises
+    ------
+    BundleError
+        If exports.json is corrupt, of another format version, or belongs to a different
+        config.json (the model was retrained or edited after exporting).
+    """
+    root, bundle_hash = _bundle_root_and_hash(bundle)
+    path = root / EXPORTS_FILE
+    if not path.is_file():
+        return {
+            "format": EXPORTS_FORMAT,
+            "format_version": EXPORTS_VERSION,
+            "bundle_hash": bundle_hash,
+            **{k: {} for k in KINDS},
+        }
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is corrupt: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORTS_FORMAT:
+        raise BundleError(f"{path} is not a cellsynth export manifest")
+    if manifest.get("format_version") != EXPORTS_VERSION:
+        raise BundleError(
+            f"{path}: export manifest version {manifest.get('format_version')!r} is not "
+            f"{EXPORTS_VERSION}; re-export with this cellsynth (cellsynth export {root})"
+        )
+    if manifest.get("bundle_hash") != bundle_hash:
+        raise BundleError(
+            f"{path} was written for another config.json (the model changed after export); "
+            f"re-export: cellsynth export {root} --format onnx"
+        )
+    for kind in KINDS:
+        manifest.setdefault(kind, {})
+    return manifest
+
+
+def export_entry(bundle: Any, kind: str, key: str) -> dict[str, Any] | None:
+    """The manifest entry for one export, or None if it was never made."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return read_exports(bundle)[kind].get(key)
+
+
+def export_path(bundle: Any, kind: str, key: str, verify: bool = True) -> Path:
+    """Path of an exported file, checked against its recorded SHA-256.
+
+    Raises
+    ------
+    BundleError
+        If it was never exported (with the command that makes it), is missing, or is corrupt.
+    """
+    root, _ = _bundle_root_and_hash(bundle)
+    entry = export_entry(bundle, kind, key)
+    if entry is None:
+        hint = (
+            f"cellsynth export {root} --format onnx" + ("" if key == "fp32" else f" --{key}")
+            if kind == "onnx"
+            else f"cellsynth export {root} --format tensorrt"
+        )
+        raise BundleError(f"{root} has no {kind} export {key!r}; make it with: {hint}")
+    path = root / entry["file"]
+    if not path.is_file():
+        raise BundleError(f"{root} is incomplete: {entry['file']} (listed in exports.json) is gone")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise BundleError(f"{path} is corrupt: its SHA-256 differs from the one in exports.json")
+    return path
+
+
+def record_export(
+    bundle: Any, kind: str, key: str, produced: str | os.PathLike, entry: Mapping[str, Any]
+) -> Path:
+    """Move a finished export file into the bundle and list it in the manifest.
+
+    ``produced`` is a complete file written elsewhere (e.g. a temporary directory); it is moved to
+    ``<kind>/<file name>`` and the manifest is rewritten atomically, so an interrupted export
+    never leaves a listed-but-partial file.
+    """
+    root, _ = _bundle_root_and_hash(bundle)
+    manifest = read_exports(bundle)
+    produced = Path(produced)
+    rel = f"{kind}/{produced.name}"
+    final = root / rel
+    final.parent.mkdir(exist_ok=True)
+    with atomic_path(final) as tmp:
+        os.replace(produced, tmp)
+    manifest[kind][key] = {**dict(entry), "file": rel, "sha256": sha256_file(final)}
+    with atomic_path(root / EXPORTS_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return final
+
+
+def tensorrt_key(gpu_name: str, compute_capability: str, tensorrt_version: str, precision: str):
+    """Engine key: an engine runs only on the GPU model, compute capability and TensorRT version
+    it was built for, so all three (and the precision) name it."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
+    return f"{gpu}_sm{compute_capability.replace('.', '')}_trt{tensorrt_version}_{precision}"
