@@ -40,8 +40,11 @@ def _bundle_root_and_hash(bundle: Any) -> tuple[Path, str]:
     return Path(b.path), b.hash
 
 
-def read_exports(bundle: Any) -> dict[str, Any]:
+def read_exports(bundle: Any, discard_stale: bool = False) -> dict[str, Any]:
     """The bundle's export manifest (an empty one when nothing was exported yet).
+
+    ``discard_stale`` returns an empty manifest instead of raising when the recorded exports
+    belong to another config.json (a new export replaces them all).
 
     Raises
     ------
@@ -51,7 +54,7 @@ def read_exports(bundle: Any) -> dict[str, Any]:
     """
     root, bundle_hash = _bundle_root_and_hash(bundle)
     path = root / EXPORTS_FILE
-    if not path.is_file():
+    if not path.is_file() or (discard_stale and _stale(path, bundle_hash)):
         return {
             "format": EXPORTS_FORMAT,
             "format_version": EXPORTS_VERSION,
@@ -77,6 +80,13 @@ def read_exports(bundle: Any) -> dict[str, Any]:
     for kind in KINDS:
         manifest.setdefault(kind, {})
     return manifest
+
+
+def _stale(path: Path, bundle_hash: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("bundle_hash") != bundle_hash
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return True
 
 
 def export_entry(bundle: Any, kind: str, key: str) -> dict[str, Any] | None:
@@ -121,7 +131,7 @@ def record_export(
     never leaves a listed-but-partial file.
     """
     root, _ = _bundle_root_and_hash(bundle)
-    manifest = read_exports(bundle)
+    manifest = read_exports(bundle, discard_stale=True)
     produced = Path(produced)
     rel = f"{kind}/{produced.name}"
     final = root / rel

@@ -1,0 +1,245 @@
+"""Does an exported denoiser compute what the PyTorch model computes? Two kinds of evidence.
+
+**Elementwise parity** (one model call). For each test batch the error is
+
+    max_rel_error = max |y_export - y_torch| / max(max |y_torch|, SCALE_FLOOR)
+
+i.e. the worst absolute error relative to the largest output of that batch. Normalising by the
+batch's output scale, not per element, is deliberate: epsilon predictions cross zero everywhere,
+and a per-element ratio would be dominated by outputs that happen to be ~0 and say nothing about
+the model. ``SCALE_FLOOR`` only matters for an all-zero output (a freshly built adaLN-Zero model),
+where it turns the check into an absolute one. fp32 exports must stay within ``FP32_TOLERANCE``.
+
+Test batches: random x_t ~ N(0, 1) at batch sizes 1 and odd sizes, random timesteps in [0, T),
+random labels including the null class (the last row of each batch is all-null, as classifier-free
+guidance feeds it); synthetic zero-negated cells noised to a random t; and, where available, real
+cells: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with x0 the zero-negated, log-normalised
+expression of real cells, so the inputs cover the value range the model meets in sampling.
+
+**Trajectory fidelity** (fp16, int8). Reduced precision is judged by what it does to generated
+cells, not per call: the same deterministic DDIM trajectory (same initial noise, labels drawn from
+the training label mix) is run with the PyTorch fp32 model and the candidate, and the final cells
+(negatives truncated, as in generation) are compared: RMS difference relative to the RMS of the
+cells, per-gene means and zero fractions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import CellsynthError
+
+FP32_TOLERANCE = 1e-4
+SCALE_FLOOR = 1e-6
+REAL_CELLS = 256  # real cells noised for the parity check
+METRIC = "max|export - torch| / max(max|torch|, 1e-6), per batch"
+
+# (x_t [B, G] float32, timesteps [B] int64, labels [B, K] int64) -> [B, G] float32
+Model = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+Case = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # (name, x_t, timesteps, labels)
+
+
+class ExportError(CellsynthError):
+    """An export failed, or its output differs from the PyTorch model beyond tolerance."""
+
+
+def torch_model(module: Any) -> Model:
+    """Wrap an eval-mode torch module as a NumPy -> NumPy model."""
+    import torch
+
+    def run(x: np.ndarray, t: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(labels))
+        return out.float().numpy()
+
+    return run
+
+
+def session_model(session: Any) -> Model:
+    """Wrap an onnxruntime session (inputs x_t, timestep, labels) as a NumPy -> NumPy model."""
+
+    def run(x: np.ndarray, t: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return session.run(["model_output"], {"x_t": x, "timestep": t, "labels": labels})[0]
+
+    return run
+
+
+# ------------------------------------------------------------------------------- test inputs
+
+
+def _random_labels(rng: np.random.Generator, sizes: Sequence[int], n: int) -> np.ndarray:
+    """Codes [n, K] uniform over 0..size (size = null class); the last row is all-null."""
+    labels = np.stack([rng.integers(0, s + 1, n) for s in sizes], 1) if sizes else None
+    labels = labels if labels is not None else np.zeros((n, 0), dtype=np.int64)
+    labels = labels.astype(np.int64)
+    if n:
+        labels[-1] = sizes
+    return labels
+
+
+def _noised(bundle: Any, x0: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at random t; returns (x_t, t)."""
+    abar = bundle.schedule.alphas_cumprod  # [T]
+    t = rng.integers(0, len(abar), len(x0)).astype(np.int64)  # [n]
+    eps = rng.standard_normal(x0.shape, dtype=np.float32)
+    a = abar[t][:, None]
+    return (np.sqrt(a) * x0 + np.sqrt(1 - a) * eps).astype(np.float32), t
+
+
+def random_cases(bundle: Any, batch_sizes: Sequence[int], seed: int) -> list[Case]:
+    """Random batches of each size, plus 64 synthetic zero-negated cells noised to random t."""
+    rng = np.random.default_rng(seed)
+    G, T, sizes = len(bundle.genes), bundle.schedule.num_train_timesteps, bundle.labels.sizes
+    cases: list[Case] = []
+    for b in batch_sizes:
+        x = rng.standard_normal((b, G), dtype=np.float32)
+        t = rng.integers(0, T, b).astype(np.int64)
+        cases.append((f"random batch {b}", x, t, _random_labels(rng, sizes, b)))
+    # Mostly silent genes at the zero-negation value, the rest log-expression in (0, 5).
+    x0 = np.where(rng.random((64, G)) < 0.7, bundle.zero_value, rng.uniform(0, 5, (64, G)))
+    x, t = _noised(bundle, x0.astype(np.float32), rng)
+    cases.append(("synthetic cells (64)", x, t, _random_labels(rng, sizes, 64)))
+    return cases
+
+
+def resolve_real_cells(bundle: Any, real_cells: Any, seed: int) -> tuple[np.ndarray | None, str]:
+    """Log-normalised real expression [n <= REAL_CELLS, G] in model gene order, and its source.
+
+    ``real_cells``: an AnnData of raw counts, a built-in data set name or .h5ad path, an array
+    already log-normalised in model gene order, or None for the bundle's training data when that
+    was a built-in data set. Returns (None, why) when no real cells are available.
+    """
+    from anndata import AnnData
+
+    from cellsynth import datasets
+
+    source = real_cells if isinstance(real_cells, str) else type(real_cells).__name__
+    if real_cells is None:
+        source = str(bundle.config.get("training", {}).get("data", ""))
+        if source not in datasets.DATASETS:
+            return None, (
+                f"random inputs only: the training data ({source or 'unrecorded'}) is not a "
+                "built-in data set; pass real cells (--data) to check on them too"
+            )
+    if isinstance(real_cells, np.ndarray):
+        x = np.asarray(real_cells, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(bundle.genes):
+            raise ExportError(
+                f"real cells must be [n_cells, {len(bundle.genes)}] log-normalised expression in "
+                f"the bundle's gene order, got shape {x.shape}"
+            )
+    else:
+        adata = real_cells if isinstance(real_cells, AnnData) else datasets.load(source)
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(adata.n_obs, min(REAL_CELLS, adata.n_obs), replace=False))
+        # Transform only the cells used; the library size is per cell, so this is exact.
+        x = bundle.preprocessing.transform(adata[keep])
+    if len(x) > REAL_CELLS:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), REAL_CELLS, replace=False))]
+    return x, source
+
+
+def real_cell_case(bundle: Any, expression: np.ndarray, source: str, seed: int) -> Case:
+    """Noised zero-negated real cells at random t with random labels (incl. null)."""
+    from cellsynth.data import zero_negate
+
+    rng = np.random.default_rng(seed + 1)
+    x, t = _noised(bundle, zero_negate(expression, bundle.zero_value), rng)
+    labels = _random_labels(rng, bundle.labels.sizes, len(x))
+    return (f"real cells ({source}, {len(x)})", x, t, labels)
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def elementwise_report(
+    candidate: Model, reference: Model, cases: Sequence[Case], tolerance: float | None
+) -> dict[str, Any]:
+    """Per-batch max abs / max relative error of ``candidate`` against ``reference``.
+
+    ``tolerance`` None: reported, not gated (reduced precision). Non-finite output always fails
+    (``passed`` False).
+    """
+    rows, finite = [], True
+    for name, x, t, labels in cases:
+        out, ref = candidate(x, t, labels), reference(x, t, labels)  # [B, G] each
+        if out.shape != ref.shape:
+            raise ExportError(f"exported model returned shape {out.shape}, torch {ref.shape}")
+        finite &= bool(np.isfinite(out).all())
+        err = float(np.abs(out.astype(np.float64) - ref).max()) if out.size else 0.0
+        scale = max(float(np.abs(ref).max()) if ref.size else 0.0, SCALE_FLOOR)
+        rows.append(
+            {
+                "case": name,
+                "batch": len(x),
+                "max_abs_error": err,
+                "max_rel_error": err / scale,
+                "output_scale": scale,
+            }
+        )
+    worst = max(r["max_rel_error"] for r in rows)
+    passed = finite and (tolerance is None or worst <= tolerance)
+    return {
+        "metric": METRIC,
+        "tolerance": tolerance,
+        "passed": passed,
+        "finite": finite,
+        "max_rel_error": worst,
+        "max_abs_error": max(r["max_abs_error"] for r in rows),
+        "cases": rows,
+    }
+
+
+def trajectory(model: Model, bundle: Any, labels: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """Final cells [n, G] of a deterministic DDIM run (negatives truncated to zero)."""
+    from cellsynth.scheduler import scheduler_for_bundle
+
+    sched = scheduler_for_bundle(bundle, "ddim", truncate_final=True, seed=seed)
+    sched.set_timesteps(steps)
+    x = sched.init_noise(len(labels), len(bundle.genes))  # [n, G]
+    for t in sched.timesteps.tolist():
+        out = model(x, np.full(len(x), t, dtype=np.int64), labels)  # [n, G]
+        x = sched.step(np.ascontiguousarray(out, dtype=np.float32), t, x)
+    return x
+
+
+def training_labels(bundle: Any, n: int, seed: int) -> np.ndarray:
+    """Codes [n, K] drawn from the training label combinations, weighted by their counts."""
+    spec = bundle.labels
+    if not spec.keys or not spec.combinations:
+        return _random_labels(np.random.default_rng(seed), spec.sizes, n)
+    codes = np.array([c for c, _ in spec.combinations], dtype=np.int64)  # [C, K]
+    counts = np.array([k for _, k in spec.combinations], dtype=np.float64)
+    pick = np.random.default_rng(seed).choice(len(codes), n, p=counts / counts.sum())
+    return codes[pick]
+
+
+def trajectory_report(
+    candidate: Model, reference: Model, bundle: Any, n_cells: int, steps: int, seed: int
+) -> dict[str, Any]:
+    """Compare the final cells of the same DDIM trajectory under both models."""
+    labels = training_labels(bundle, n_cells, seed)
+    ref = trajectory(reference, bundle, labels, steps, seed).astype(np.float64)
+    out = trajectory(candidate, bundle, labels, steps, seed).astype(np.float64)
+    if not np.isfinite(out).all():
+        return {"cells": n_cells, "steps": steps, "finite": False}
+    rms = float(np.sqrt((ref**2).mean()))
+    gm_ref, gm_out = ref.mean(0), out.mean(0)  # per-gene means [G]
+    zf_ref, zf_out = (ref == 0).mean(0), (out == 0).mean(0)  # per-gene zero fractions [G]
+    corr = np.corrcoef(gm_ref, gm_out)[0, 1] if gm_ref.std() > 0 and gm_out.std() > 0 else 1.0
+    return {
+        "scheduler": "ddim",
+        "cells": n_cells,
+        "steps": steps,
+        "finite": True,
+        "rel_rms_error": float(np.sqrt(((out - ref) ** 2).mean())) / max(rms, SCALE_FLOOR),
+        "cells_rms": rms,
+        "gene_mean_max_abs_diff": float(np.abs(gm_out - gm_ref).max()),
+        "gene_mean_corr": float(corr),
+        "zero_fraction_reference": float(zf_ref.mean()),
+        "zero_fraction_export": float(zf_out.mean()),
+        "zero_fraction_max_gene_diff": float(np.abs(zf_out - zf_ref).max()),
+    }

@@ -1,0 +1,130 @@
+"""``cellsynth export``: the bundle's denoiser to ONNX (checked against PyTorch) or TensorRT."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+TENSORRT_DEFAULTS = {"precision": "fp16", "min_batch": 1, "opt_batch": 256, "max_batch": 1024}
+ONNX_DEFAULTS = {"fp16": False, "quantize": None, "opset": 18, "data": None}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a bundle's denoiser to ONNX or a TensorRT engine",
+        description="Export the denoiser into the bundle (listed in BUNDLE/exports.json). ONNX "
+        "exports are checked against PyTorch before they are recorded.",
+    )
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
+    p.add_argument("--weights", default="ema", choices=["ema", "model"])
+    onnx = p.add_argument_group("onnx")
+    precision = onnx.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--fp16", action="store_true", help="half-precision weights (timestep embedding fp32)"
+    )
+    precision.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantisation (CPU)")
+    onnx.add_argument("--opset", type=int, help="ONNX opset, >= 17 (default: 18)")
+    onnx.add_argument(
+        "--data",
+        metavar="NAME_OR_PATH",
+        help="real cells for the parity check: a built-in data set or an .h5ad of raw counts "
+        "(default: the training data, if it was a built-in data set)",
+    )
+    onnx.add_argument("--seed", type=int, default=0, help="seed of the test inputs")
+    trt = p.add_argument_group("tensorrt")
+    trt.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: fp16")
+    trt.add_argument("--min-batch", type=int, help="default: 1")
+    trt.add_argument("--opt-batch", type=int, help="batch size tuned for (default: 256)")
+    trt.add_argument("--max-batch", type=int, help="default: 1024")
+    p.set_defaults(run=run, parser=p)
+
+
+def run(args: argparse.Namespace) -> None:
+    other = TENSORRT_DEFAULTS if args.format == "onnx" else ONNX_DEFAULTS
+    given = [k for k in other if getattr(args, k) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        fmt = "tensorrt" if args.format == "onnx" else "onnx"
+        args.parser.error(f"{flags} only with --format {fmt}, not --format {args.format}")
+    if args.format == "onnx":
+        _onnx(args)
+    else:
+        _tensorrt(args)
+
+
+def _onnx(args: argparse.Namespace) -> None:
+    from cellsynth.export.onnx import export_onnx
+
+    precision = "fp16" if args.fp16 else args.quantize or "fp32"
+    entry = export_onnx(
+        args.bundle,
+        precision=precision,
+        weights=args.weights,
+        opset=args.opset if args.opset is not None else 18,
+        real_cells=args.data,
+        seed=args.seed,
+        progress=True,
+    )
+    print("\n".join(report_lines(args.bundle, entry)))
+
+
+def _tensorrt(args: argparse.Namespace) -> None:
+    from cellsynth.bundle import load_bundle
+
+    try:
+        from cellsynth.export.tensorrt import build_engine
+    except ImportError as exc:
+        from cellsynth.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"TensorRT engines need an NVIDIA GPU with tensorrt installed "
+            f"(pip install 'cellsynth[gpu]'): {exc}"
+        ) from exc
+    opts = {k: getattr(args, k) for k in TENSORRT_DEFAULTS}
+    opts = {k: v if v is not None else TENSORRT_DEFAULTS[k] for k, v in opts.items()}
+    entry = build_engine(load_bundle(args.bundle), onnx_precision="fp32", progress=True, **opts)
+    where = entry.get("path") or entry.get("file", "")
+    gpu = f" for {entry['gpu']}" if entry.get("gpu") else ""
+    built = f" in {entry['build_seconds']:.0f} s" if entry.get("build_seconds") else ""
+    print(
+        f"built TensorRT engine {where}{gpu} ({opts['precision']}, batch "
+        f"{opts['min_batch']}..{opts['max_batch']}, tuned for {opts['opt_batch']}){built}"
+    )
+
+
+def report_lines(bundle: str, entry: dict[str, Any]) -> list[str]:
+    """A few lines summarising an ONNX manifest entry: file, parity, trajectory fidelity."""
+    par = entry["parity"]
+    lines = [
+        f"exported {bundle}/{entry['file']} ({entry['precision']}, {entry['weights']} weights, "
+        f"opset {entry['opset']}, {entry['size_bytes'] / 2**20:.1f} MiB, "
+        f"sha256 {entry['sha256'][:12]})"
+    ]
+    cases = ", ".join(f"{c['case']}" for c in par["cases"])
+    gate = f" (tolerance {par['tolerance']:.0e})" if par.get("tolerance") else " (not gated)"
+    lines.append(
+        f"parity vs PyTorch fp32: max relative error {par['max_rel_error']:.2e}{gate}, max abs "
+        f"error {par['max_abs_error']:.2e}, over {cases}"
+    )
+    real = par.get("real_cells", {})
+    if real.get("source") is None and real.get("note"):
+        lines.append(f"note: {real['note']}")
+    base = par.get("fp32_before_quantization")
+    if base:
+        lines.append(
+            f"fp32 graph before quantisation: max relative error {base['max_rel_error']:.2e}"
+        )
+    fid = entry.get("fidelity")
+    if fid:
+        lines.append(
+            f"trajectory fidelity ({fid['scheduler'].upper()} {fid['steps']} steps, "
+            f"{fid['cells']} cells, vs PyTorch fp32): RMS difference "
+            f"{100 * fid['rel_rms_error']:.3f}% of the cells' RMS; per-gene means differ by at "
+            f"most {fid['gene_mean_max_abs_diff']:.3g} (correlation {fid['gene_mean_corr']:.5f}); "
+            f"zero fraction {fid['zero_fraction_export']:.4f} vs "
+            f"{fid['zero_fraction_reference']:.4f} (max per-gene difference "
+            f"{fid['zero_fraction_max_gene_diff']:.3f})"
+        )
+    return lines
