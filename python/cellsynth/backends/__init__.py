@@ -121,6 +121,11 @@ def load_denoiser(
         device = (
             "cuda:0" if engine == "tensorrt" or (engine == "torch" and _torch_cuda()) else "cpu"
         )
+    if engine == "tensorrt" and device == "cpu":
+        raise CellsynthError(
+            "the tensorrt engine runs only on an NVIDIA GPU; on the CPU use --engine onnxruntime "
+            "or torch"
+        )
     denoiser: Any
     if engine == "torch":
         from cellsynth.backends.torch_backend import TorchDenoiser

@@ -7,7 +7,12 @@ compiled core (csrc/step.h); this module only moves arrays:
 * CPU torch tensors go the same way through ``tensor.numpy()`` (shared memory), and the result is a
   tensor;
 * CUDA torch tensors go to ``_core.cuda_step`` as device pointers, launched on
-  ``torch.cuda.current_stream()``; without a CUDA build they round-trip through the CPU.
+  ``torch.cuda.current_stream()``; without a CUDA build they round-trip through the CPU;
+* torch-free device arrays (``_core.DeviceArray``, or any object with ``is_cuda = True``,
+  ``data_ptr()``, ``shape``, ``dtype`` 'float32' and ``device`` (an int)) go to
+  ``_core.cuda_step`` too, launched on the ``stream`` given to :func:`run_step`, else on the
+  sample's ``stream`` attribute (a ``cudaStream_t`` as int; 0, the legacy default stream, when it
+  has none). This is how the TensorRT and onnxruntime-CUDA backends step without torch.
 
 torch is never imported here unless the caller passes tensors (the runtime must work without it).
 """
@@ -121,6 +126,31 @@ def _is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def _is_device_array(x: Any) -> bool:
+    """A torch-free CUDA array: not a tensor, ``is_cuda`` is True and it has ``data_ptr()``."""
+    return (
+        not _is_tensor(x)
+        and getattr(x, "is_cuda", False) is True
+        and callable(getattr(x, "data_ptr", None))
+    )
+
+
+def _array_kind(x: Any) -> str:
+    if _is_tensor(x):
+        return "tensor"
+    return "device" if _is_device_array(x) else "host"
+
+
+def _stream_handle(stream: Any) -> int:
+    """A cudaStream_t as int from an int, a ``_core.CudaStream`` or a ``torch.cuda.Stream``."""
+    if stream is None:
+        return 0
+    for attr in ("handle", "cuda_stream"):
+        if hasattr(stream, attr):
+            return int(getattr(stream, attr))
+    return int(stream)
+
+
 def _span(t) -> tuple[int, int]:
     """[first byte, one past the last byte) of a contiguous tensor's storage use."""
     start = t.data_ptr()
@@ -164,6 +194,46 @@ def _check_cuda_tensors(tensors: dict[str, Any]) -> None:
                 raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
 
 
+def _device_span(a: Any) -> tuple[int, int]:
+    start = int(a.data_ptr())
+    return start, start + int(np.prod(tuple(a.shape), dtype=np.int64)) * 4
+
+
+def _device_overlap(a: Any, b: Any) -> bool:
+    (a0, a1), (b0, b1) = _device_span(a), _device_span(b)
+    return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
+
+
+def _check_device_arrays(arrays: dict[str, Any]) -> None:
+    sample = arrays["sample"]
+    shape = tuple(sample.shape)
+    if len(shape) != 2:
+        raise ValueError(f"sample must be 2-D [n_cells, n_genes], got shape {shape}")
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not _is_device_array(a):
+            raise TypeError(
+                f"{name} must be a CUDA device array like sample, got {type(a).__name__}"
+            )
+        if int(a.device) != int(sample.device):
+            raise ValueError(f"{name} is on cuda:{a.device} but sample is on cuda:{sample.device}")
+        if str(a.dtype) != "float32":
+            raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape} like sample")
+    out, hist = arrays["out"], arrays.get("history")
+    if _device_span(out) != _device_span(sample) and _device_overlap(out, sample):
+        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
+    for name in ("model_output", "history", "variance_noise"):
+        if arrays.get(name) is not None and _device_overlap(out, arrays[name]):
+            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
+    if hist is not None:
+        for name in ("model_output", "sample", "variance_noise"):
+            if arrays.get(name) is not None and _device_overlap(hist, arrays[name]):
+                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
+
+
 def _numpy_view(x: Any, name: str) -> np.ndarray:
     """A NumPy array sharing memory with a NumPy array or CPU tensor (validated by the core)."""
     if isinstance(x, np.ndarray):
@@ -185,13 +255,21 @@ def run_step(
     history: Any = None,
     variance_noise: Any = None,
     options: Mapping[str, Any],
+    stream: Any = None,
 ) -> Any:
-    """Run the fused step on NumPy arrays, CPU tensors or CUDA tensors; returns ``out``.
+    """Run the fused step on NumPy arrays, CPU tensors, CUDA tensors or CUDA device arrays;
+    returns ``out``.
 
     ``options`` are the keyword options of ``_core.step`` besides the arrays and coefficients.
+    ``stream`` (device arrays only; an int handle or a ``_core.CudaStream``) overrides the
+    sample's ``stream`` attribute; CUDA tensors always use torch's current stream.
     """
     if _is_tensor(sample) and sample.is_cuda:
         return _run_cuda(coefficients, model_output, sample, out, history, variance_noise, options)
+    if _is_device_array(sample):
+        return _run_device_array(
+            coefficients, model_output, sample, out, history, variance_noise, options, stream
+        )
     tensor_in = _is_tensor(sample)
     if tensor_in != _is_tensor(model_output):
         raise TypeError(
@@ -267,21 +345,66 @@ def _run_cuda(coefficients, model_output, sample, out, history, variance_noise, 
     return out
 
 
+def _run_device_array(
+    coefficients, model_output, sample, out, history, variance_noise, options, stream
+):
+    if not _core.cuda_compiled:
+        raise RuntimeError(
+            "cellsynth was built without CUDA: it cannot step CUDA device arrays (reinstall with "
+            "the CUDA toolkit present)"
+        )
+    handle = _stream_handle(stream if stream is not None else getattr(sample, "stream", 0))
+    device = int(sample.device)
+    if out is None:
+        out = _core.DeviceArray(tuple(sample.shape), "float32", device, stream=handle)
+    arrays = {
+        "model_output": model_output,
+        "sample": sample,
+        "out": out,
+        "history": history,
+        "variance_noise": variance_noise,
+    }
+    _check_device_arrays(arrays)
+    n_cells, n_genes = (int(d) for d in sample.shape)
+    _core.cuda_step(
+        int(model_output.data_ptr()),
+        int(sample.data_ptr()),
+        int(out.data_ptr()),
+        n_cells,
+        n_genes,
+        coefficients,
+        history=0 if history is None else int(history.data_ptr()),
+        noise=0 if variance_noise is None else int(variance_noise.data_ptr()),
+        stream=handle,
+        device=device,
+        **options,
+    )
+    return out
+
+
 def zeros_like(x: Any) -> Any:
-    """A zero float32 array / tensor (same device) shaped like ``x``."""
+    """A zero float32 array / tensor (same device; same stream for device arrays) like ``x``."""
     if _is_tensor(x):
         torch = _torch_module()
         return torch.zeros(tuple(x.shape), dtype=torch.float32, device=x.device)
+    if _is_device_array(x):
+        handle = _stream_handle(getattr(x, "stream", 0))
+        z = _core.DeviceArray(tuple(x.shape), "float32", int(x.device), stream=handle)
+        z.zero_()
+        return z
     return np.zeros(np.shape(x), dtype=np.float32)
 
 
 def same_kind(a: Any, b: Any) -> bool:
     """Whether a buffer made for ``a`` can serve ``b`` (type, shape, device)."""
-    if _is_tensor(a) != _is_tensor(b):
+    kind = _array_kind(a)
+    if kind != _array_kind(b):
         return False
     if tuple(a.shape) != tuple(b.shape):
         return False
-    return not _is_tensor(a) or a.device == b.device
+    if kind == "host":
+        return True
+    return a.device == b.device
 
 
 # ------------------------------------------------------------------------------------- base class
@@ -452,8 +575,28 @@ class SchedulerBase:
         return out
 
     def init_noise_like(self, like: Any, cell_offset: int = 0) -> Any:
-        """x_T shaped like ``like`` (a 2-D NumPy array or torch tensor; same device for CUDA)."""
+        """x_T shaped like ``like`` (a 2-D NumPy array, torch tensor or CUDA device array; same
+        device for CUDA, drawn on the device array's ``stream``)."""
         cell_offset = check_int("cell_offset", cell_offset, 0)
+        if _is_device_array(like):
+            shape = tuple(int(d) for d in like.shape)
+            if len(shape) != 2:
+                raise ValueError(f"like must be 2-D [n_cells, n_genes], got {shape}")
+            if not _core.cuda_compiled:
+                raise RuntimeError("cellsynth was built without CUDA: no device arrays")
+            handle = _stream_handle(getattr(like, "stream", 0))
+            out = _core.DeviceArray(shape, "float32", int(like.device), stream=handle)
+            _core.cuda_randn(
+                out.data_ptr(),
+                shape[0],
+                shape[1],
+                self.seed,
+                INITIAL_NOISE_STEP,
+                cell_offset,
+                stream=handle,
+                device=int(like.device),
+            )
+            return out
         if not _is_tensor(like):
             n_cells, n_genes = np.shape(like)
             return self.init_noise(n_cells, n_genes, cell_offset)
