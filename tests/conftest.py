@@ -120,3 +120,16 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
         n_top_genes=100,
         **TINY_TRAINING,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_bundle(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle with its fp32 ONNX export (for backend tests)."""
+    import shutil
+
+    from cellsynth.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx-bundles") / "tiny"
+    shutil.copytree(tiny_bundle, root)
+    export_onnx(root, progress=False)
+    return root
