@@ -79,4 +79,25 @@ def describe(bundle: Bundle) -> str:
         f"{f} {(bundle.path / f).stat().st_size / 1e6:.1f} MB" for f in WEIGHT_FILES.values()
     )
     lines.append(f"files        config.json, {sizes}")
+    lines.extend(_describe_exports(bundle))
     return "\n".join(lines)
+
+
+def _describe_exports(bundle: Bundle) -> list[str]:
+    """One line per ONNX file and TensorRT engine listed in exports.json."""
+    from cellsynth.errors import BundleError
+    from cellsynth.exports import read_exports
+
+    try:
+        manifest = read_exports(bundle)
+    except BundleError as exc:
+        return [f"exports      unusable: {exc}"]
+    lines = []
+    for _, e in sorted(manifest["onnx"].items()):
+        worst = max((c.get("max_rel_error", 0.0) for c in e.get("parity", {}).get("cases", [])),
+                    default=None)  # fmt: skip
+        parity = f", parity {worst:.1e}" if isinstance(worst, float) else ""
+        lines.append(f"onnx         {e['file']} ({e.get('size_bytes', 0) / 1e6:.1f} MB{parity})")
+    for key, e in sorted(manifest["tensorrt"].items()):
+        lines.append(f"tensorrt     {e['file']} ({key})")
+    return lines or ["exports      none (cellsynth export BUNDLE --format onnx)"]
