@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
-from cellsynth.cli import export, info, sample, train
+from cellsynth.cli import demo, export, info, sample, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parser(sub)
     info.add_parser(sub)
     export.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
