@@ -11,7 +11,8 @@ import pytest
 
 from cellsynth.cli.main import main
 
-BASE = ["--n-cells", "30", "--steps", "3", "--seed", "2", "--engine", "torch", "--device", "cpu"]
+BASE = ["--n-cells", "30", "--steps", "3", "--seed", "2", "--batch-size", "5"]
+BASE += ["--engine", "torch", "--device", "cpu"]
 
 
 def test_shards_with_counts_join_into_the_unsharded_run(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -21,15 +22,13 @@ def test_shards_with_counts_join_into_the_unsharded_run(tiny_bundle: Path, tmp_p
     for k in range(3):
         out = tmp_path / f"part{k}.h5ad"
         args = ["sample", str(tiny_bundle), *BASE, "--counts", "--shard", f"{k}/3"]
-        assert main([*args, "--batch-size", "4", "--out", str(out)]) == 0
+        assert main([*args, "--out", str(out)]) == 0
         parts.append(anndata.read_h5ad(out))
     ref = anndata.read_h5ad(whole)
     joined = anndata.concat(parts)
     assert [p.n_obs for p in parts] == [10, 10, 10]
     np.testing.assert_array_equal(joined.X.toarray(), ref.X.toarray())
-    np.testing.assert_array_equal(
-        joined.layers["counts"].toarray(), ref.layers["counts"].toarray()
-    )
+    np.testing.assert_array_equal(joined.layers["counts"].toarray(), ref.layers["counts"].toarray())
     assert parts[1].uns["cellsynth"]["cells"].tolist() == [10, 20]
 
 

@@ -13,13 +13,15 @@ import cellsynth
 from cellsynth.chunks import chunk_dir_for
 from cellsynth.errors import CellsynthError, DataError
 
-KW = dict(n_cells=45, steps=4, eta=1.0, seed=5, engine="torch", device="cpu", progress=False)
+KW = dict(
+    n_cells=45, steps=4, eta=1.0, seed=5, batch_size=5, engine="torch", device="cpu", progress=False
+)
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_bundle: Path) -> anndata.AnnData:
-    """The whole run in memory, one batch size."""
-    return cellsynth.generate(tiny_bundle, batch_size=16, **KW)
+    """The whole run in memory."""
+    return cellsynth.generate(tiny_bundle, **KW)
 
 
 def _dense(adata: anndata.AnnData) -> np.ndarray:
@@ -28,7 +30,7 @@ def _dense(adata: anndata.AnnData) -> np.ndarray:
 
 def test_streamed_file_equals_the_in_memory_run(tiny_bundle, reference, tmp_path) -> None:
     out = tmp_path / "cells.h5ad"
-    got = cellsynth.generate(tiny_bundle, batch_size=7, out=out, chunk_size=10, **KW)
+    got = cellsynth.generate(tiny_bundle, out=out, chunk_size=10, **KW)
     assert got.isbacked and out.is_file() and not chunk_dir_for(out).exists()
     got = anndata.read_h5ad(out)  # a plain read of the finished file
     np.testing.assert_array_equal(got.X.toarray(), reference.X.toarray())
@@ -73,10 +75,7 @@ def test_resume_after_an_interruption_gives_the_same_values(
 
 @pytest.mark.parametrize("n_shards", [2, 3])
 def test_shards_hold_exactly_the_unsharded_cells(tiny_bundle, reference, n_shards) -> None:
-    parts = [
-        cellsynth.generate(tiny_bundle, batch_size=8, shard=(k, n_shards), **KW)
-        for k in range(n_shards)
-    ]
+    parts = [cellsynth.generate(tiny_bundle, shard=(k, n_shards), **KW) for k in range(n_shards)]
     assert sum(p.n_obs for p in parts) == KW["n_cells"]
     joined = anndata.concat(parts)
     assert list(joined.obs_names) == list(reference.obs_names)
@@ -84,6 +83,22 @@ def test_shards_hold_exactly_the_unsharded_cells(tiny_bundle, reference, n_shard
     np.testing.assert_array_equal(
         joined.obs["cell_type"].to_numpy(), reference.obs["cell_type"].to_numpy()
     )
+
+
+def test_another_batch_size_agrees_to_float_rounding(tiny_bundle, reference) -> None:
+    got = cellsynth.generate(tiny_bundle, **{**KW, "batch_size": 16}).X.toarray()
+    want = reference.X.toarray()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_shard_boundaries_lie_on_the_batch_grid() -> None:
+    from cellsynth.generate import chunk_bounds, shard_range
+
+    assert [shard_range(45, (k, 3), align=5) for k in range(3)] == [(0, 15), (15, 30), (30, 45)]
+    assert [shard_range(45, (k, 2), align=8) for k in range(2)] == [(0, 16), (16, 45)]
+    assert chunk_bounds(16, 45, 10) == [(16, 20), (20, 30), (30, 40), (40, 45)]
+    with pytest.raises(DataError, match="empty"):
+        shard_range(10, (0, 3), align=8)
 
 
 def test_bad_shards_are_refused(tiny_bundle) -> None:

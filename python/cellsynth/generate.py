@@ -6,9 +6,11 @@ interface; the update rule, the noise and the final zero-negation truncation are
 
 Randomness is keyed, never sequential: x_T and every step's noise are Philox4x32-10 normals keyed
 by (seed, global cell index, step, gene), and each batch passes the global index of its first cell
-as ``cell_offset``. So a cell's values do not depend on ``batch_size``, on how a run is split into
-chunks, on resuming, or on sharding: shard k of N holds exactly the cells an unsharded run gives
-those indices. Labels are assigned for all ``n_cells`` first, then sliced.
+as ``cell_offset``. Labels are assigned for all ``n_cells`` first, then sliced. Batches, chunks and
+shard boundaries all lie on one global grid of multiples of ``batch_size``, so every cell is
+denoised in the same batch, at the same row, whether the run is whole, chunked, resumed or
+sharded: the values are bit-identical (matrix-multiply kernels may round a row differently when
+the batch shape changes, so another ``batch_size`` agrees only to float rounding).
 
 Large runs stream: with ``out=``, chunks of cells are written to disk as they finish
 (:mod:`cellsynth.chunks`), an interrupted run resumes, and the final .h5ad is assembled in bounded
@@ -115,8 +117,9 @@ def generate(
     composition : path or AnnData, optional
         Real cells whose joint label mix the synthetic cells match (instead of ``conditions``).
     shard : (k, N), optional
-        Generate only shard k (0-based) of N: cells ``k*n_cells//N`` up to ``(k+1)*n_cells//N``,
-        with exactly the values an unsharded run gives them.
+        Generate only shard k (0-based) of N: the cells from ``k*n_cells//N`` to
+        ``(k+1)*n_cells//N``, each boundary rounded down to a multiple of ``batch_size``, with
+        exactly the values an unsharded run (same ``batch_size``) gives them.
     counts : bool
         Also return integer counts in ``layers['counts']``, with library sizes drawn from the
         training cells' distribution.
@@ -126,7 +129,8 @@ def generate(
     resume : bool
         With ``out``: continue an interrupted run with the same settings.
     chunk_size : int
-        Cells per chunk on disk (the unit of resuming).
+        Cells per chunk on disk (the unit of resuming); rounded up to a multiple of
+        ``batch_size``.
 
     Returns
     -------
@@ -140,11 +144,12 @@ def generate(
     _check_options(n_cells, steps, eta, guidance, scheduler, timestep_spacing, batch_size, b)
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
+    chunk_size = -(-chunk_size // batch_size) * batch_size  # whole batches on the global grid
     if resume and out is None:
         raise DataError("resume needs an output file (out=... / --out) to resume into")
     if out is not None and not str(out).endswith(".h5ad"):
         raise DataError(f"the output must be an .h5ad file, got {out}")
-    lo, hi = shard_range(n_cells, shard)
+    lo, hi = shard_range(n_cells, shard, align=batch_size)
     codes = _labels(b, n_cells, conditions, composition, seed)  # [n_cells, K], all shards
     denoiser, why = load_denoiser(
         b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
@@ -192,14 +197,14 @@ def generate(
     provenance = _without_none(provenance)  # .h5ad cannot store None
     obs = _obs(b, codes[lo:hi], lo)
     var = pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene"))
-    starts = range(lo, hi, chunk_size)
+    chunks = chunk_bounds(lo, hi, chunk_size)
     bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
     started = time.perf_counter()
     try:
         if out is None:
             blocks = []
-            for start in starts:
-                blocks.append(run.chunk(codes, start, min(start + chunk_size, hi), counts))
+            for start, stop in chunks:
+                blocks.append(run.chunk(codes, start, stop, counts))
                 bar.update(blocks[-1]["X"].shape[0])
             provenance["seconds"] = round(time.perf_counter() - started, 3)
             X = sp.vstack([c["X"] for c in blocks], format="csr").astype(np.float32)
@@ -216,13 +221,12 @@ def generate(
                 uns={"cellsynth": provenance},
             )
         store = ChunkStore(out, settings, resume=resume)
-        for start in starts:
-            stop = min(start + chunk_size, hi)
+        for start, stop in chunks:
             if not store.has(start):
                 store.save(start, run.chunk(codes, start, stop, counts))
             bar.update(stop - start)
         provenance["seconds"] = round(time.perf_counter() - started, 3)
-        _assemble(out, store, starts, hi, chunk_size, obs, var, counts, provenance)
+        _assemble(out, store, chunks, obs, var, counts, provenance)
         store.remove()
         return anndata.read_h5ad(out, backed="r")
     finally:
@@ -230,8 +234,12 @@ def generate(
         denoiser.close()
 
 
-def shard_range(n_cells: int, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """Global cell indices [lo, hi) of shard ``(k, N)`` (0-based k); all cells when None."""
+def shard_range(n_cells: int, shard: tuple[int, int] | None, align: int = 1) -> tuple[int, int]:
+    """Global cell indices [lo, hi) of shard ``(k, N)`` (0-based k); all cells when None.
+
+    Boundaries ``k * n_cells // N`` are rounded down to multiples of ``align`` (the batch size),
+    so a shard's batches are the unsharded run's batches.
+    """
     if shard is None:
         return 0, n_cells
     try:
@@ -240,7 +248,23 @@ def shard_range(n_cells: int, shard: tuple[int, int] | None) -> tuple[int, int]:
         raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}") from exc
     if not 0 <= k < n:
         raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}")
-    return k * n_cells // n, (k + 1) * n_cells // n
+
+    def boundary(i: int) -> int:
+        return n_cells if i == n else (i * n_cells // n) // align * align
+
+    lo, hi = boundary(k), boundary(k + 1)
+    if lo == hi:
+        raise DataError(
+            f"shard {k}/{n} is empty: {n_cells} cells in batches of {align} do not fill {n} "
+            "shards; use fewer shards or a smaller batch size"
+        )
+    return lo, hi
+
+
+def chunk_bounds(lo: int, hi: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Chunks [start, stop) covering [lo, hi), cut at global multiples of ``chunk_size``."""
+    cuts = [lo, *range((lo // chunk_size + 1) * chunk_size, hi, chunk_size), hi]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -350,9 +374,7 @@ def _obs(b: Bundle, codes: np.ndarray, first: int) -> pd.DataFrame:
 def _assemble(
     out: str | os.PathLike,
     store: ChunkStore,
-    starts: range,
-    hi: int,
-    chunk_size: int,
+    chunks: list[tuple[int, int]],
     obs: pd.DataFrame,
     var: pd.DataFrame,
     counts: bool,
@@ -362,9 +384,9 @@ def _assemble(
     with atomic_path(out) as tmp:
         writer = StreamingH5ADWriter(tmp, var, layers={"counts": np.int32} if counts else None)
         try:
-            for start in starts:
+            for start, stop in chunks:
                 chunk = store.load(start)
-                if chunk["X"].shape[0] != min(start + chunk_size, hi) - start:
+                if chunk["X"].shape[0] != stop - start:
                     raise DataError(f"chunk at cell {start} in {store.path} is incomplete")
                 writer.append(chunk["X"], {"counts": chunk["counts"]} if counts else None)
             writer.finish(obs, {"cellsynth": dict(provenance)})
