@@ -1,7 +1,8 @@
 """First-look fidelity of a small DiT trained on Kang: does it learn the labels and the marginals?
 
-Trains the 'small' config on a Kang subsample for each prediction type, samples the held-out
-split's label mix and reports, against the real held-out cells:
+Trains a DiT config ('small' by default; --patch/--hidden/--depth/--mlp-ratio override it) on a
+Kang subsample (--cells 0 = all cells) for each prediction type, samples the held-out split's
+label mix (DDIM or DPM-Solver++) and reports, against the real held-out cells:
 - label consistency: accuracy of a logistic regression trained on REAL training cells when it
   predicts the synthetic cells' cell_type / stim (real held-out cells give the ceiling);
 - Pearson r of per-gene means and of per-gene zero fractions;
@@ -9,6 +10,8 @@ split's label mix and reports, against the real held-out cells:
 The full fidelity metrics (MMD, W2, kNN AUC, ...) arrive with the evaluation module.
 
     python benchmarks/dit_sanity.py --cells 4000 --epochs 10 --out benchmarks/results
+    python benchmarks/dit_sanity.py --config kang --cells 0 --epochs 8 --prediction-types sample \
+        --scheduler dpmsolver++ --steps 20 --threads 1 --tag _kang_e8
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 
 import cellsynth
 from cellsynth.data import prepare
+from cellsynth.training.dit import DIT_CONFIGS
 from cellsynth.training.train_dit import train_dit_bundle
 
 LABELS = ["cell_type", "stim"]
@@ -41,17 +46,47 @@ def summarise(x: np.ndarray, real: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=4000)
+    parser.add_argument("--cells", type=int, default=4000, help="subsample size; 0 = all cells")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps")
+    parser.add_argument("--scheduler", default="ddim", choices=["ddim", "dpmsolver++"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--prediction-types", nargs="+", default=["epsilon", "v_prediction"])
+    parser.add_argument("--config", default="small", choices=sorted(DIT_CONFIGS))
+    parser.add_argument("--patch", type=int, default=None, help="override patch_size")
+    parser.add_argument("--hidden", type=int, default=None, help="override hidden_size")
+    parser.add_argument("--depth", type=int, default=None, help="override depth")
+    parser.add_argument("--mlp-ratio", type=float, default=None, help="override mlp_ratio")
+    parser.add_argument("--zero-value", type=float, default=-10.0)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--ema-decay", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--tag", default=None, help="output name suffix (default _eE_bB)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    max_cells = args.cells or None
+    overrides = {
+        key: value
+        for key, value in [
+            ("patch_size", args.patch),
+            ("hidden_size", args.hidden),
+            ("depth", args.depth),
+            ("mlp_ratio", args.mlp_ratio),
+        ]
+        if value is not None
+    }
+    config = {**DIT_CONFIGS[args.config], **overrides} if overrides else args.config
+    train_options = {
+        key: value
+        for key, value in [("warmup_steps", args.warmup_steps), ("ema_decay", args.ema_decay)]
+        if value is not None
+    }
 
     adata = cellsynth.datasets.kang()
-    prepared = prepare(adata, LABELS, max_cells=args.cells)
+    prepared = prepare(adata, LABELS, max_cells=max_cells)
     real_test = prepared.x_test
     classifiers = {
         key: LogisticRegression(max_iter=300).fit(prepared.x_train, prepared.y_train[:, j])
@@ -76,13 +111,15 @@ def main() -> None:
                 adata,
                 LABELS,
                 Path(tmp) / ptype,
-                config="small",
+                config=config,
                 epochs=args.epochs,
-                max_cells=args.cells,
+                max_cells=max_cells,
                 prediction_type=ptype,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,
+                zero_value=args.zero_value,
                 progress=False,
+                **train_options,
             )
             train_s = time.perf_counter() - start
             n = len(real_test)
@@ -97,6 +134,8 @@ def main() -> None:
                     steps=args.steps,
                     seed=1,
                     conditions=cond,
+                    scheduler=args.scheduler,
+                    device="cpu",
                     progress=False,
                 )
                 parts.append(syn.X.toarray())
@@ -109,8 +148,9 @@ def main() -> None:
             steps = cellsynth.load_bundle(bundle).config["training"]["steps"]
             rows.append(
                 {
-                    "source": f"DiT small, {ptype}, {args.epochs} epochs ({steps} steps, "
-                    f"batch {args.batch_size}, lr {args.learning_rate:g})",
+                    "source": f"DiT {args.config}{overrides or ''}, {ptype}, {args.epochs} epochs "
+                    f"({steps} steps, batch {args.batch_size}, lr {args.learning_rate:g}, "
+                    f"zero {args.zero_value:g})",
                     **summarise(x, real_test),
                     **acc,
                     "train_s": train_s,
@@ -121,13 +161,14 @@ def main() -> None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"_e{args.epochs}_b{args.batch_size}"
+    tag = args.tag if args.tag is not None else f"_e{args.epochs}_b{args.batch_size}"
     (out / f"dit_sanity{tag}.json").write_text(
         json.dumps({"date": stamp, "args": vars(args), "rows": rows}, indent=1) + "\n"
     )
     lines = [
-        f"Measured {stamp}; Kang subsample of {args.cells} cells (80/20 split), "
-        f"DDIM {args.steps} steps, compared with the real held-out cells.",
+        f"Measured {stamp}; Kang {f'subsample of {args.cells}' if args.cells else 'all'} cells "
+        f"(80/20 split), {args.scheduler} {args.steps} steps, compared with the real held-out "
+        "cells.",
         "",
         "| source | cell_type acc. | stim acc. | r(gene means) | r(zero fractions) "
         "| mean expr. | zero fraction | train s |",

@@ -406,6 +406,9 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "paper": dict(patch_size=10, hidden_size=768, depth=3, num_heads=8, mlp_ratio=4.0),
     # Trains an epoch of 2000 cells x 2000 genes in seconds on 2 CPU cores.
     "small": dict(patch_size=10, hidden_size=128, depth=2, num_heads=4, mlp_ratio=4.0),
+    # The shipped kang-dit bundle (training/recipes/kang_dit.py): 2000 genes / p=50 -> 40 tokens,
+    # 0.79M parameters, ~1/5 of 'small' per cell: ~59 cells/s (DPM-Solver++ 20) on 1 CPU thread.
+    "kang": dict(patch_size=50, hidden_size=128, depth=3, num_heads=4, mlp_ratio=2.0),
 }
 
 
@@ -429,7 +432,7 @@ def build_dit(
     if isinstance(config, str):
         if config not in DIT_CONFIGS:
             raise ValueError(
-                f"unknown DiT config {config!r}; known configs: {', '.join(sorted(DIT_CONFIGS))}"
+                f"unknown DiT config {config!r}; known configs: {', '.join(DIT_CONFIGS)}"
             )
         kwargs = dict(DIT_CONFIGS[config])
     elif isinstance(config, dict):

@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ def default_checkpoint_dir(out: str | os.PathLike) -> Path:
     """Where resumable training state lives: beside the bundle, never inside it."""
     out = Path(out)
     return out.with_name(out.name + ".checkpoint")
+
+
+# TrainConfig fields train_dit_bundle sets from its own arguments; the others pass through.
+_SET_HERE = (
+    "epochs", "batch_size", "learning_rate", "prediction_type", "seed", "device", "progress",
+)  # fmt: skip
+
+
+def _check_train_options(options: dict[str, Any]) -> None:
+    """Raise TypeError for keyword arguments that are not extra TrainConfig fields."""
+    extra = {f.name for f in fields(TrainConfig)} - set(_SET_HERE)
+    unknown = sorted(set(options) - extra)
+    if unknown:
+        raise TypeError(
+            f"train_dit_bundle got unknown options {unknown}; extra TrainConfig options are "
+            f"{sorted(extra)}"
+        )
 
 
 def train_dit_bundle(
@@ -53,10 +71,15 @@ def train_dit_bundle(
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **train_options: Any,
 ) -> Path:
     """Train a DiT on ``data`` conditioned on ``label_keys`` and save the bundle at ``out``.
 
     ``prepare_options`` go to :func:`cellsynth.data.prepare` (QC thresholds, test fraction, ...).
+    Further keyword arguments are :class:`~cellsynth.training.trainer.TrainConfig` fields not named
+    above (``warmup_steps``, ``weight_decay``, ``grad_clip_norm``, ``ema_decay``, ``ema_warmup``,
+    ``mixed_precision``, ``checkpoint_every_epochs``); they are recorded in the bundle's
+    ``training`` section.
 
     Returns
     -------
@@ -64,6 +87,7 @@ def train_dit_bundle(
         The bundle directory. Resumable state is kept in ``checkpoint_dir`` (default
         ``OUT.checkpoint``) and removed once the bundle is written.
     """
+    _check_train_options(train_options)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (choose another --out or remove it)")
@@ -99,6 +123,7 @@ def train_dit_bundle(
         seed=seed,
         device=device,
         progress=progress,
+        **train_options,
     )
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(out)
     started = time.perf_counter()
@@ -133,6 +158,7 @@ def train_dit_bundle(
             "n_test_cells": int(prepared.x_test.shape[0]),
             "history": result.history,
             "seconds": round(time.perf_counter() - started, 1),
+            **({"train_options": dict(train_options)} if train_options else {}),
         },
         overwrite=overwrite,
     )

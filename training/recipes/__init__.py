@@ -1,0 +1,1 @@
+"""Committed training recipes for the models cellsynth ships (one module per bundle)."""
