@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
-from cellsynth.cli import demo, export, info, sample, train
+from cellsynth.cli import demo, export, info, sample, subsample, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     export.add_parser(sub)
     demo.add_parser(sub)
+    subsample.add_parser(sub)
     return parser
 
 
