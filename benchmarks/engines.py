@@ -84,7 +84,7 @@ import torch
 from _machine import machine as base_machine
 
 import cellsynth
-from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.bundle import SHIPPED_DIR, Bundle, load_bundle
 from cellsynth.conditions import assign_labels
 from cellsynth.scheduler import scheduler_for_bundle
 
@@ -95,7 +95,7 @@ MIN_TIMED_STEPS = 5
 GOAL_SPEEDUP = 3.0  # cellsynth (onnxruntime) vs the usual PyTorch loop, equal steps, CPU
 GOAL_GEMM_FRACTION = 0.50  # of the fp32 GEMM rate, paper config
 GPU_STEPS = 50
-DEFAULT_BUNDLE = Path("/work/bundles/kang-dit")
+DEFAULT_BUNDLE = SHIPPED_DIR / "kang-dit"  # the shipped default model
 USUAL = "usual PyTorch loop (diffusers DDIM)"
 PUBLISHED = "published scRDiT way"
 ORT_FP32 = "cellsynth (onnxruntime fp32)"
@@ -317,7 +317,9 @@ def published_loop(
     not in the sub-sequence (a Python list, searched with ``in`` and ``.index`` as in the
     repository); each visited step gathers ``alpha_hat[t]`` per cell and writes the DDIM update in
     torch, with ``randn_like`` noise scaled by sigma (0 at eta = 0). Each batch's cells are copied
-    to the host, then all are concatenated. Epsilon prediction only.
+    to the host, then all are concatenated. The repository's model predicts epsilon; for a
+    bundle predicting x0 ('sample') the loop converts it to epsilon first (one elementwise line,
+    the same cost), so any bundle can be timed this way.
 
     Parameters
     ----------
@@ -334,8 +336,10 @@ def published_loop(
     -------
     np.ndarray float32 [n, G]
     """
-    if bundle.prediction_type != "epsilon":
-        raise ValueError(f"the published loop predicts epsilon, not {bundle.prediction_type!r}")
+    if bundle.prediction_type not in ("epsilon", "sample"):
+        raise ValueError(
+            f"the published loop takes epsilon or x0 models, not {bundle.prediction_type!r}"
+        )
     T = bundle.schedule.num_train_timesteps
     alpha_hat = torch.tensor(bundle.schedule.alphas_cumprod, dtype=torch.float32)  # [T]
     alpha_hat_final = final_alpha_cumprod(bundle)
@@ -359,6 +363,10 @@ def published_loop(
                 t = (torch.ones(n) * i).long()  # [n]
                 predicted_noise = model(x, t, y)  # [n, G]
                 a_hat = alpha_hat[t][:, None]  # [n, 1]
+                if bundle.prediction_type == "sample":  # the model gave x0: eps from it
+                    predicted_noise = (x - torch.sqrt(a_hat) * predicted_noise) / torch.sqrt(
+                        1 - a_hat
+                    )
                 if i_pre >= 0:
                     a_hat_pre = alpha_hat[(torch.ones(n) * i_pre).long()][:, None]  # [n, 1]
                 else:
