@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
-from cellsynth.cli import demo, export, info, sample, subsample, train
+from cellsynth.cli import demo, evaluate, export, info, sample, subsample, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     demo.add_parser(sub)
     subsample.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 
