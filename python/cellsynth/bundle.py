@@ -9,6 +9,15 @@ Layout::
       model.safetensors    the trained weights
       ema.safetensors      their exponential moving average (used for sampling by default)
 
+Three kinds of bundle share this format (``config["kind"]``):
+
+* ``"diffusion"`` (the default when absent): a denoiser over gene vectors, e.g. the DiT.
+* ``"autoencoder"``: an encoder/decoder over log-normalised expression (model.safetensors only;
+  no schedule, no EMA).
+* ``"latent_diffusion"``: a denoiser over the autoencoder's latent codes (SCDG). Its autoencoder
+  bundle lives inside it, in ``BUNDLE/autoencoder/``, pinned by the SHA-256 of its config.json;
+  genes and preprocessing are the autoencoder's.
+
 Weights are safetensors, never pickle. :func:`load_bundle` checks all of it before anything is
 used, and every failure names the file and what is wrong with it.
 """
@@ -35,23 +44,30 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-REQUIRED_KEYS = (
-    "format",
-    "format_version",
-    "architecture",
-    "schedule",
-    "prediction_type",
-    "genes",
-    "preprocessing",
-    "labels",
-    "weights",
-)
+KINDS = ("diffusion", "autoencoder", "latent_diffusion")
+AUTOENCODER_DIR = "autoencoder"  # where a latent-diffusion bundle keeps its autoencoder
+_COMMON_KEYS = ("format", "format_version", "architecture", "genes", "preprocessing", "labels")
+REQUIRED_KEYS = {
+    "diffusion": _COMMON_KEYS + ("schedule", "prediction_type", "weights"),
+    "autoencoder": _COMMON_KEYS + ("weights",),
+    "latent_diffusion": _COMMON_KEYS + ("schedule", "prediction_type", "weights", "autoencoder"),
+}
+# Which weight files each kind holds (an autoencoder is not trained with an EMA).
+KIND_WEIGHTS = {
+    "diffusion": ("model", "ema"),
+    "autoencoder": ("model",),
+    "latent_diffusion": ("model", "ema"),
+}
 
 # Bundles shipped inside the package, addressable by name wherever a bundle path is accepted.
 SHIPPED_DIR = Path(__file__).parent / "models"
 
 # Architecture name -> (module, class). Import is deferred so the runtime never needs torch.
-ARCHITECTURES = {"dit": ("cellsynth.training.dit", "DiT")}
+ARCHITECTURES = {
+    "dit": ("cellsynth.training.dit", "DiT"),
+    "autoencoder": ("cellsynth.training.autoencoder", "AutoEncoder"),
+    "scdg": ("cellsynth.training.scdg", "SCDG"),
+}
 
 
 @dataclass(frozen=True)
@@ -125,8 +141,30 @@ class Bundle:
         return self.path.name
 
     @property
+    def kind(self) -> str:
+        """'diffusion', 'autoencoder' or 'latent_diffusion' (see the module docstring)."""
+        return str(self.config.get("kind", "diffusion"))
+
+    @property
     def genes(self) -> list[str]:
         return list(self.config["genes"])
+
+    @property
+    def width(self) -> int:
+        """Width of the vectors the model maps: genes, or latent dimensions for latent diffusion."""
+        return int(self.config["architecture"]["n_genes"])
+
+    @property
+    def autoencoder(self) -> Bundle:
+        """The autoencoder of a latent-diffusion bundle (or the bundle itself if it is one)."""
+        if self.kind == "autoencoder":
+            return self
+        if self.kind != "latent_diffusion":
+            raise BundleError(
+                f"{self.path} is a {self.kind} bundle and has no autoencoder; distillation and "
+                "latent generation need an SCDG bundle (cellsynth train scdg) or an autoencoder"
+            )
+        return load_bundle(self.path / AUTOENCODER_DIR, verify_weights=False)
 
     @property
     def labels(self) -> LabelSpec:
@@ -164,6 +202,8 @@ class Bundle:
     def weights_path(self, which: str = "ema") -> Path:
         if which not in WEIGHT_FILES:
             raise ValueError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {which!r}")
+        if which not in KIND_WEIGHTS[self.kind]:
+            which = "model"  # an autoencoder has only its trained weights
         return self.path / WEIGHT_FILES[which]
 
     def to_torch(self, weights: str = "ema", device: str = "cpu") -> Any:
@@ -239,14 +279,17 @@ def save_bundle(
     out: str | os.PathLike,
     *,
     architecture: Mapping[str, Any],
-    schedule: NoiseSchedule,
-    prediction_type: str,
+    schedule: NoiseSchedule | None,
+    prediction_type: str | None,
     preprocessing: Any,
     labels: LabelSpec,
     model_state: Mapping[str, Any],
     ema_state: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    kind: str = "diffusion",
+    autoencoder: str | os.PathLike | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle directory atomically and return its path.
 
@@ -262,29 +305,51 @@ def save_bundle(
         State dicts; ``ema_state`` defaults to ``model_state``.
     training : dict, optional
         Free-form provenance (data set, epochs, loss history, seed).
+    kind : {'diffusion', 'autoencoder', 'latent_diffusion'}
+        What the bundle holds; an autoencoder has no schedule, prediction type or EMA.
+    autoencoder : path, optional
+        For 'latent_diffusion': the autoencoder bundle, copied into ``OUT/autoencoder``.
+    extra : dict, optional
+        Further config entries of the kind (e.g. an autoencoder's ``decode`` settings).
     """
+    import shutil
+
     from safetensors.torch import save_file
 
-    if prediction_type not in PREDICTION_TYPES:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != "autoencoder" and prediction_type not in PREDICTION_TYPES:
         raise ValueError(
             f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
         )
+    if (kind == "latent_diffusion") != (autoencoder is not None):
+        raise ValueError("a latent_diffusion bundle, and only it, needs its autoencoder bundle")
     record = preprocessing.to_dict()
     config: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "cellsynth_version": __version__,
+        "kind": kind,
         "architecture": dict(architecture),
-        "schedule": schedule.to_dict(),
-        "prediction_type": prediction_type,
         "genes": list(record["genes"]),
         "preprocessing": record,
         "labels": labels.to_dict(),
         "training": dict(training or {}),
         "weights": {},
+        **dict(extra or {}),
     }
+    if kind != "autoencoder":
+        config["schedule"] = schedule.to_dict()
+        config["prediction_type"] = prediction_type
     states = {"model": model_state, "ema": ema_state if ema_state is not None else model_state}
+    states = {k: v for k, v in states.items() if k in KIND_WEIGHTS[kind]}
     with atomic_directory(out, overwrite=overwrite) as tmp:
+        if autoencoder is not None:
+            ae = load_bundle(autoencoder)
+            if ae.kind != "autoencoder":
+                raise BundleError(f"{ae.path} is a {ae.kind} bundle, not an autoencoder")
+            shutil.copytree(ae.path, tmp / AUTOENCODER_DIR, ignore=shutil.ignore_patterns("*.tmp*"))
+            config["autoencoder"] = {"path": AUTOENCODER_DIR, "config_sha256": ae.hash}
         for which, state in states.items():
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
             save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata={"format": "pt"})
@@ -363,16 +428,19 @@ def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = 
             f"{cfg.get('cellsynth_version', 'unknown')}) cannot be read by cellsynth "
             f"{__version__}, which reads version {FORMAT_VERSION}; {hint}"
         )
-    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    kind = cfg.get("kind", "diffusion")
+    if kind not in KINDS:
+        raise BundleError(f"{where}: unknown bundle kind {kind!r}; this cellsynth knows {KINDS}")
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in cfg]
     if missing:
         raise BundleError(f"{where} lacks required entries: {missing}")
     try:
-        schedule = NoiseSchedule.from_dict(cfg["schedule"])
+        schedule = NoiseSchedule.from_dict(cfg["schedule"]) if kind != "autoencoder" else None
         labels = LabelSpec.from_dict(cfg["labels"])
         record = bundle.preprocessing
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{where}: invalid entry: {exc}") from exc
-    if cfg["prediction_type"] not in PREDICTION_TYPES:
+    if kind != "autoencoder" and cfg["prediction_type"] not in PREDICTION_TYPES:
         raise BundleError(
             f"{where}: prediction_type {cfg['prediction_type']!r} is not one of {PREDICTION_TYPES}"
         )
@@ -382,7 +450,9 @@ def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = 
         raise BundleError(f"{where}: gene names are not unique")
     if list(record.genes) != list(genes):
         raise BundleError(f"{where}: 'genes' differs from the preprocessing record's genes")
-    if arch.get("n_genes") != len(genes):
+    if kind == "latent_diffusion":
+        _validate_autoencoder_link(bundle)
+    elif arch.get("n_genes") != len(genes):
         raise BundleError(
             f"{where}: architecture expects {arch.get('n_genes')} genes but {len(genes)} are listed"
         )
@@ -391,9 +461,35 @@ def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = 
             f"{where}: architecture label_sizes {arch.get('label_sizes')} do not match the label "
             f"vocabularies {dict(zip(labels.keys, labels.sizes, strict=True))}"
         )
-    if schedule.num_train_timesteps < 1:
+    if schedule is not None and schedule.num_train_timesteps < 1:
         raise BundleError(f"{where}: empty schedule")
     _validate_weights(bundle, check_against_torch, verify_weights)
+
+
+def _validate_autoencoder_link(bundle: Bundle) -> None:
+    """A latent-diffusion bundle's autoencoder: present, the pinned one, same genes, same width."""
+    where = bundle.path / CONFIG_FILE
+    link = bundle.config["autoencoder"]
+    sub = bundle.path / str(link.get("path", AUTOENCODER_DIR))
+    if not (sub / CONFIG_FILE).is_file():
+        raise BundleError(f"{bundle.path} is incomplete: its autoencoder ({sub.name}/) is missing")
+    ae = Bundle(sub, {})
+    if ae.hash != link.get("config_sha256"):
+        raise BundleError(
+            f"{sub / CONFIG_FILE} is not the autoencoder this bundle was trained with "
+            "(its SHA-256 differs from the one in config.json)"
+        )
+    ae = load_bundle(sub)
+    if ae.kind != "autoencoder":
+        raise BundleError(f"{sub} is a {ae.kind} bundle, not an autoencoder")
+    if ae.genes != bundle.genes:
+        raise BundleError(f"{where}: 'genes' differs from its autoencoder's genes")
+    latent = ae.architecture.get("latent_dim")
+    if bundle.config["architecture"].get("n_genes") != latent:
+        raise BundleError(
+            f"{where}: the denoiser maps {bundle.config['architecture'].get('n_genes')}-d codes "
+            f"but the autoencoder's latent space has {latent} dimensions"
+        )
 
 
 def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights: bool) -> None:
@@ -408,7 +504,7 @@ def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights:
             module = None  # the torch-free runtime checks checksums and headers only
         else:
             module = _build_module(bundle.architecture, device="meta")
-    for filename in WEIGHT_FILES.values():
+    for filename in (WEIGHT_FILES[w] for w in KIND_WEIGHTS[bundle.kind]):
         path = bundle.path / filename
         if not path.is_file():
             raise BundleError(f"{bundle.path} is incomplete: {filename} is missing")

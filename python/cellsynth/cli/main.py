@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
-from cellsynth.cli import demo, evaluate, export, info, sample, subsample, train
+from cellsynth.cli import demo, distill, evaluate, export, info, sample, subsample, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     subsample.add_parser(sub)
     evaluate.add_parser(sub)
+    distill.add_parser(sub)
     return parser
 
 

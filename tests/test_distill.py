@@ -1,0 +1,179 @@
+"""scDD distillation: matching losses by hand, the chunked backward, frozen models, progress."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cellsynth.cli.main import main
+from cellsynth.errors import BundleError, DataError
+from cellsynth.training.distill import (
+    DistillConfig,
+    Distiller,
+    chunked_gradient,
+    dc_loss,
+    distill,
+    dm_loss,
+    gradient_distance,
+    head_gradients,
+)
+from cellsynth.training.distill_data import load_task
+from cellsynth.training.train_autoencoder import train_autoencoder_bundle
+from cellsynth.training.train_scdg import train_scdg_bundle
+
+
+@pytest.fixture(scope="module")
+def scdg_bundle(tmp_path_factory, wu2020_adata):
+    root = tmp_path_factory.mktemp("distill")
+    ae = train_autoencoder_bundle(
+        wu2020_adata, root / "ae", label_keys=["source"], config="tiny", epochs=5,
+        n_top_genes=200, progress=False,
+    )  # fmt: skip
+    return train_scdg_bundle(
+        ae, wu2020_adata, ["source"], root / "scdg", config="tiny", epochs=3, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def task(scdg_bundle, wu2020_adata):
+    return load_task(scdg_bundle, wu2020_adata, "source")
+
+
+def test_dm_loss_by_hand() -> None:
+    f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    real = torch.tensor([[1.0, 1.0], [0.0, 0.0], [5.0, 5.0]])  # class 2 has no synthetic cell
+    # class 0: mean (2, 1) vs (1, 1) -> 1; class 1: (0, 1) vs (0, 0) -> 1; class 2 skipped
+    assert float(dm_loss(f, labels, real)) == pytest.approx(2.0)
+
+
+def test_head_gradients_match_autograd_and_a_hand_value() -> None:
+    torch.manual_seed(0)
+    f = torch.randn(5, 3, dtype=torch.float64)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    loss = F.cross_entropy(f @ w.T + b, torch.full((5,), 2))
+    gw, gb = torch.autograd.grad(loss, [w, b])
+    rows = head_gradients(f, 2, w.detach(), b.detach())
+    np.testing.assert_allclose(rows[:, :3].numpy(), gw.numpy(), atol=1e-12)
+    np.testing.assert_allclose(rows[:, 3].numpy(), gb.numpy(), atol=1e-12)
+    # zero head on one cell f = (1, 2): p = (1/2, 1/2), label 0 -> p - y = (-1/2, 1/2)
+    one = head_gradients(torch.tensor([[1.0, 2.0]]), 0, torch.zeros(2, 2), torch.zeros(2))
+    np.testing.assert_allclose(one.numpy(), [[-0.5, -1.0, -0.5], [0.5, 1.0, 0.5]])
+
+
+def test_gradient_distance_and_dc_loss_by_hand() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    # row 0: cos 1 -> 0; row 1: cos 0 -> 1
+    assert float(gradient_distance(a, b)) == pytest.approx(1.0)
+    # identical real and synthetic cells give identical gradients: distance 0
+    f = torch.randn(6, 3)
+    w, bias = torch.randn(2, 3), torch.zeros(2)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    real = [f[:3], f[3:]]
+    assert float(dc_loss(f, labels, real, w, bias)) == pytest.approx(0.0, abs=1e-6)
+    expected = sum(
+        float(
+            gradient_distance(
+                head_gradients(real[c], c, w, bias), head_gradients(f[[c * 3]], c, w, bias)
+            )
+        )
+        for c in range(2)
+    )
+    got = float(dc_loss(f[[0, 3]], torch.tensor([0, 1]), real, w, bias))
+    assert got == pytest.approx(expected) and got > 0
+
+
+@pytest.mark.parametrize("generator", ["scdg", "decoder", "none"])
+@pytest.mark.parametrize("match", ["dm", "dc"])
+def test_chunked_backward_equals_plain_autograd(task, generator, match) -> None:
+    run = Distiller(task, DistillConfig(spc=4, match=match, generator=generator, seed=3))
+    noise = run.noise()
+    loss_fn = run.loss_fn()
+    params = run.params.double().float()  # a copy
+    value, grad = chunked_gradient(run.gen, params, run.cond, noise, loss_fn, chunk_size=5)
+    p = params.clone().requires_grad_(True)
+    plain = loss_fn(run.gen(p, run.cond, noise))
+    plain.backward()
+    assert value == pytest.approx(float(plain.detach()), rel=1e-6)
+    np.testing.assert_allclose(grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-7)
+    assert grad.abs().sum() > 0
+
+
+def test_models_stay_frozen(task) -> None:
+    run = Distiller(task, DistillConfig(spc=2, match="dc", generator="scdg", iterations=5))
+    before = {k: v.clone() for k, v in run.gen.ae.state_dict().items()}
+    scdg_before = {k: v.clone() for k, v in run.gen.scdg.state_dict().items()}
+    run.run(progress=False)
+    for k, v in run.gen.ae.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm running stats included
+    for k, v in run.gen.scdg.state_dict().items():
+        assert torch.equal(v, scdg_before[k]), k
+    assert not run.gen.ae.training and not run.gen.scdg.training
+    assert all(not p.requires_grad for p in run.gen.ae.parameters())
+
+
+@pytest.mark.parametrize("generator", ["scdg", "decoder"])
+def test_distillation_lowers_the_loss_and_beats_random_codes(task, generator) -> None:
+    run = Distiller(task, DistillConfig(spc=3, match="dm", generator=generator, iterations=60))
+    start = run.matching_loss()
+    random_codes = torch.randn(run.params.shape, generator=torch.Generator().manual_seed(9))
+    random_codes *= run.params.norm(dim=1, keepdim=True) / random_codes.norm(dim=1, keepdim=True)
+    history = run.run(progress=False)
+    end = run.matching_loss()
+    assert end < 0.8 * start
+    assert end < run.matching_loss(random_codes)
+    assert history[-1] < history[0]
+
+
+def test_distill_output(scdg_bundle, wu2020_adata, task) -> None:
+    out = distill(scdg_bundle, wu2020_adata, "source", 2, iterations=3, progress=False, task=task)
+    assert out.shape == (6, 200) and list(out.var_names) == task.genes
+    assert out.obs["source"].value_counts().to_dict() == {"Blood": 2, "NAT": 2, "Tumor": 2}
+    assert (out.X >= 0).all() and np.isfinite(out.X).all()
+    assert set(out.obs["init_cell"]) <= set(task.cell_names)
+    info = out.uns["cellsynth_distill"]
+    assert info["spc"] == 2 and info["match"] == "dm" and info["generator"] == "scdg"
+    assert len(info["loss_history"]) == 3
+    again = distill(scdg_bundle, wu2020_adata, "source", 2, iterations=3, progress=False, task=task)
+    np.testing.assert_array_equal(out.X, again.X)  # seeded
+
+
+def test_bad_input_is_named(scdg_bundle, wu2020_adata, tiny_bundle) -> None:
+    with pytest.raises(DataError, match="'no_such_label' not found"):
+        load_task(scdg_bundle, wu2020_adata, "no_such_label")
+    task = load_task(scdg_bundle, wu2020_adata, "source")
+    smallest = min(np.bincount(task.y_train))
+    with pytest.raises(DataError, match="larger than class"):
+        distill(scdg_bundle, wu2020_adata, "source", smallest + 1, progress=False, task=task)
+    with pytest.raises(BundleError, match="has no autoencoder"):
+        load_task(tiny_bundle, wu2020_adata, "source")
+    with pytest.raises(DataError, match="--match"):
+        DistillConfig(match="kl")
+    ae = load_task(scdg_bundle, wu2020_adata, "source").bundle.autoencoder
+    with pytest.raises(DataError, match="needs an SCDG bundle"):
+        distill(ae.path, wu2020_adata, "source", 1, generator="scdg", progress=False)
+
+
+def test_cli_distill_writes_h5ad(scdg_bundle, tmp_path, capsys, monkeypatch, wu2020_adata) -> None:
+    path = tmp_path / "wu.h5ad"
+    wu2020_adata.write_h5ad(path)
+    out = tmp_path / "distilled.h5ad"
+    code = main(
+        ["distill", str(scdg_bundle), "--data", str(path), "--label", "source", "--spc", "1",
+         "--match", "dc", "--iterations", "3", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    result = anndata.read_h5ad(out)
+    assert result.n_obs == 3 and result.uns["cellsynth_distill"]["match"] == "dc"
+    code = main(
+        ["distill", str(scdg_bundle), "--data", str(path), "--label", "nope", "--spc", "1",
+         "--out", str(tmp_path / "x.h5ad")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "nope" in err and "Traceback" not in err
+    assert not (tmp_path / "x.h5ad").exists()

@@ -1,0 +1,475 @@
+"""scDD latent-code dataset distillation: a few synthetic cells per class that train classifiers.
+
+Each class gets SPC learnable parameters, initialised from SPC of its real training cells
+(stratified, seeded). Each iteration turns all of them into synthetic cells through a generator,
+
+* ``scdg``:    cells = decode(SCDG(sqrt(ab) z + sqrt(1 - ab) eps, t*) / scale)   (scDD)
+* ``decoder``: cells = decode(z)                                                  (no SCDG)
+* ``none``:    cells = the parameters themselves                                  (classic DM/DC)
+
+and matches them to the real cells of their class through the frozen encoder's features f(x):
+
+* DM: ``sum_c || mean f(synthetic_c) - mean f(real_c) ||^2``
+* DC: for a freshly drawn linear task head on f (weights W [C, D], bias b [C]), the gradient of its
+  cross-entropy on real and on synthetic cells of each class; ``sum_c sum_i (1 - cos(g_real_i,
+  g_syn_i))`` over the output nodes i, where g_i is node i's gradient row [dL/dW_i, dL/db_i].
+
+Only the parameters are updated (Adam); the encoder, decoder and SCDG are frozen in eval mode.
+Generated values below the decoder's zero threshold count as silent genes (set to 0), during
+matching as in the output.
+
+Memory: the generator runs once without autograd; the matching loss gives dLoss/dCells; then the
+generator is re-run with autograd one chunk of parameters at a time and backpropagated with that
+gradient, so the generator's activations never exist for all cells at once. Both passes see the
+same noise, so the gradient equals plain autograd's (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cellsynth._version import __version__
+from cellsynth.bundle import Bundle
+from cellsynth.errors import DataError
+from cellsynth.training.distill_data import Task, load_task
+from cellsynth.training.scdg import single_step
+
+MATCHES = ("dm", "dc")
+GENERATORS = ("scdg", "decoder", "none")
+
+
+@dataclass
+class DistillConfig:
+    """Settings of one distillation.
+
+    Attributes
+    ----------
+    spc : int
+        Synthetic cells per class.
+    match : {'dm', 'dc'}
+    generator : {'scdg', 'decoder', 'none'}
+    iterations : int
+        Optimiser steps.
+    learning_rate : float
+        Adam step size; None picks 0.05 for latent codes and 0.05 for expression values.
+    t_star : int
+        SCDG's single-step timestep.
+    real_batch : int
+        DC: real cells per class drawn each iteration.
+    chunk_size : int
+        Parameters per chunk of the memory-saving backward.
+    seed : int
+    """
+
+    spc: int = 1
+    match: str = "dm"
+    generator: str = "scdg"
+    iterations: int = 200
+    learning_rate: float | None = None
+    t_star: int = 50
+    real_batch: int = 256
+    chunk_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.match not in MATCHES:
+            raise DataError(f"--match must be one of {MATCHES}, got {self.match!r}")
+        if self.generator not in GENERATORS:
+            raise DataError(f"--generator must be one of {GENERATORS}, got {self.generator!r}")
+        for name in ("spc", "iterations", "real_batch", "chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate is None:
+            self.learning_rate = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching losses (each a function of synthetic features; real statistics are precomputed)
+
+
+def dm_loss(
+    syn_features: torch.Tensor, syn_labels: torch.Tensor, real_means: torch.Tensor
+) -> torch.Tensor:
+    """Distribution matching: sum over classes of ||mean synthetic feature - real mean||^2.
+
+    Parameters
+    ----------
+    syn_features : Tensor [n, D]
+    syn_labels : LongTensor [n]
+        Class of each synthetic cell; classes without synthetic cells are skipped.
+    real_means : Tensor [C, D]
+        Mean real feature per class.
+    """
+    C = real_means.shape[0]
+    onehot = F.one_hot(syn_labels, C).to(syn_features.dtype)  # [n, C]
+    counts = onehot.sum(0)  # [C]
+    present = counts > 0
+    means = (onehot.T @ syn_features)[present] / counts[present, None]  # [C', D]
+    return ((means - real_means[present]) ** 2).sum()
+
+
+def head_gradients(
+    features: torch.Tensor, label: int, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Gradient rows [C, D + 1] of the mean cross-entropy of a linear head on one class's cells.
+
+    For logits ``f W^T + b`` and probabilities P [n, C], dL/dW = (P - Y)^T f / n and
+    dL/db = mean(P - Y); row i is output node i's [dL/dW_i, dL/db_i]. Closed form, so it stays
+    differentiable in ``features`` without a double backward.
+    """
+    logits = features @ weight.T + bias  # [n, C]
+    p = logits.softmax(dim=1)  # [n, C]
+    p = p - F.one_hot(torch.full_like(p[:, 0], label, dtype=torch.long), p.shape[1]).to(p.dtype)
+    n = features.shape[0]
+    g_w = p.T @ features / n  # [C, D]
+    g_b = p.mean(0)  # [C]
+    return torch.cat([g_w, g_b[:, None]], dim=1)  # [C, D + 1]
+
+
+def gradient_distance(g_real: torch.Tensor, g_syn: torch.Tensor) -> torch.Tensor:
+    """Layer-wise cosine distance: sum over output nodes of 1 - cos(real row, synthetic row)."""
+    cos = F.cosine_similarity(g_real, g_syn, dim=1, eps=1e-8)  # [C]
+    return (1.0 - cos).sum()
+
+
+def dc_loss(
+    syn_features: torch.Tensor,
+    syn_labels: torch.Tensor,
+    real_features: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient matching: sum over classes of the head-gradient distance (see module docstring).
+
+    Parameters
+    ----------
+    syn_features : Tensor [n, D]
+    syn_labels : LongTensor [n]
+    real_features : list of Tensor [n_c, D]
+        A batch of real features per class.
+    weight, bias : Tensor [C, D], [C]
+        The task head (not optimised here).
+    """
+    total = syn_features.new_zeros(())
+    for c, real in enumerate(real_features):
+        mask = syn_labels == c
+        if not bool(mask.any()) or len(real) == 0:
+            continue
+        g_real = head_gradients(real, c, weight, bias).detach()
+        g_syn = head_gradients(syn_features[mask], c, weight, bias)
+        total = total + gradient_distance(g_real, g_syn)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Generators: parameters -> synthetic cells in gene space
+
+
+class CellGenerator:
+    """Turns distillation parameters [n, P] into expression [n, G] (frozen models, eval mode).
+
+    ``noise`` ([n, D], SCDG only) is passed in so two passes over the same parameters agree.
+    """
+
+    def __init__(self, kind: str, bundle: Bundle, t_star: int) -> None:
+        self.kind = kind
+        ae_bundle = bundle.autoencoder
+        self.ae = _frozen(ae_bundle.to_torch())
+        self.zero_threshold = float(ae_bundle.config.get("decode", {}).get("zero_threshold", 0.0))
+        self.scdg = None
+        if kind == "scdg":
+            if bundle.kind != "latent_diffusion":
+                raise DataError(
+                    f"--generator scdg needs an SCDG bundle; {bundle.path} is an autoencoder "
+                    "(use --generator decoder or none)"
+                )
+            self.scdg = _frozen(bundle.to_torch())
+            self.scale = float(bundle.config["latent"]["scale"])
+            T = bundle.schedule.num_train_timesteps
+            if not 0 <= t_star < T:
+                raise DataError(f"t_star must be in [0, {T}), got {t_star}")
+            self.t_star = int(t_star)
+            self.alphas_cumprod = torch.as_tensor(
+                np.asarray(bundle.schedule.alphas_cumprod), dtype=torch.float64
+            )
+
+    @property
+    def latent_dim(self) -> int:
+        return self.ae.latent_dim
+
+    def truncate(self, x: torch.Tensor) -> torch.Tensor:
+        """Values below the decoder's zero threshold (and all negatives) become exact zeros."""
+        return torch.where(x >= max(self.zero_threshold, 0.0), x, torch.zeros_like(x))
+
+    def initial(self, x_real: np.ndarray) -> torch.Tensor:
+        """Parameters [n, P] that start from the given real cells [n, G]."""
+        x = torch.as_tensor(np.asarray(x_real, dtype=np.float32))
+        if self.kind == "none":
+            return x.clone()
+        with torch.no_grad():
+            z = self.ae.encode(x)  # [n, D]
+        return z * self.scale if self.kind == "scdg" else z
+
+    def __call__(
+        self, params: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.kind == "none":
+            return self.truncate(params)
+        z = params
+        if self.kind == "scdg":
+            z = single_step(self.scdg, params, cond, noise, self.t_star, self.alphas_cumprod)
+            z = z / self.scale
+        return self.truncate(self.ae.decode(z))
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimisation
+
+
+def chunked_gradient(
+    generator: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    params: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor | None,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int,
+) -> tuple[float, torch.Tensor]:
+    """Loss and dLoss/dParams with the memory-saving two-pass backward (module docstring).
+
+    Returns
+    -------
+    (loss value, gradient [n, P]) ; ``params`` itself is not modified.
+    """
+    n = params.shape[0]
+    with torch.no_grad():
+        cells = torch.cat(
+            [
+                generator(
+                    params[i : i + chunk_size],
+                    cond[i : i + chunk_size],
+                    None if noise is None else noise[i : i + chunk_size],
+                )
+                for i in range(0, n, chunk_size)
+            ]
+        )  # [n, G]
+    cells.requires_grad_(True)
+    loss = loss_fn(cells)
+    (d_cells,) = torch.autograd.grad(loss, cells)  # [n, G]
+    grad = torch.zeros_like(params)
+    for i in range(0, n, chunk_size):
+        p = params[i : i + chunk_size].detach().requires_grad_(True)
+        out = generator(
+            p, cond[i : i + chunk_size], None if noise is None else noise[i : i + chunk_size]
+        )
+        out.backward(d_cells[i : i + chunk_size])
+        grad[i : i + chunk_size] = p.grad
+    return float(loss.detach()), grad
+
+
+def initial_cells(task: Task, spc: int, seed: int) -> np.ndarray:
+    """Indices [C * spc] of the real training cells the parameters start from (class-major)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, name in enumerate(task.classes):
+        idx = task.class_indices(c)
+        if spc > len(idx):
+            raise DataError(
+                f"SPC {spc} is larger than class {name!r} of {task.label!r}, which has "
+                f"{len(idx)} training cells; lower --spc"
+            )
+        chosen.append(np.sort(rng.choice(idx, size=spc, replace=False)))
+    return np.concatenate(chosen)
+
+
+class Distiller:
+    """One distillation run over a :class:`Task` (see :func:`distill`)."""
+
+    def __init__(self, task: Task, config: DistillConfig) -> None:
+        self.task, self.config = task, config
+        self.gen = CellGenerator(config.generator, task.bundle, config.t_star)
+        self.C = len(task.classes)
+        torch.manual_seed(config.seed)
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.init_idx = initial_cells(task, config.spc, config.seed)  # [C * spc]
+        self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
+        self.cond = torch.as_tensor(task.cond_train[self.init_idx])  # [n, K]
+        self.params = self.gen.initial(task.x_train[self.init_idx])  # [n, P]
+        with torch.no_grad():
+            feats = self.gen.ae.encode(torch.as_tensor(task.x_train))  # [N, D], all train cells
+        self.real_by_class = [feats[task.class_indices(c)] for c in range(self.C)]
+        self.real_means = torch.stack([f.mean(0) for f in self.real_by_class])  # [C, D]
+
+    def noise(self) -> torch.Tensor | None:
+        if self.config.generator != "scdg":
+            return None
+        return torch.randn(self.params.shape, generator=self.rng)  # [n, D]
+
+    def loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This iteration's matching loss of synthetic cells [n, G] (DC draws head and batches)."""
+        encode = self.gen.ae.encode
+        if self.config.match == "dm":
+            return lambda cells: dm_loss(encode(cells), self.labels, self.real_means)
+        D = self.real_means.shape[1]
+        weight = torch.randn(self.C, D, generator=self.rng) / D**0.5  # [C, D], fresh head
+        bias = torch.zeros(self.C)
+        batches = []
+        for f in self.real_by_class:
+            k = min(self.config.real_batch, len(f))
+            batches.append(f[torch.randperm(len(f), generator=self.rng)[:k]])
+        return lambda cells: dc_loss(encode(cells), self.labels, batches, weight, bias)
+
+    def run(self, progress: bool = True) -> list[float]:
+        from tqdm.auto import tqdm
+
+        params = self.params.clone().requires_grad_(True)
+        opt = torch.optim.Adam([params], lr=self.config.learning_rate)
+        history = []
+        bar = tqdm(
+            range(self.config.iterations),
+            disable=not progress,
+            desc=f"distilling ({self.config.match}, {self.config.generator})",
+            unit="it",
+        )
+        for _ in bar:
+            loss, grad = chunked_gradient(
+                self.gen, params.detach(), self.cond, self.noise(), self.loss_fn(),
+                self.config.chunk_size,
+            )  # fmt: skip
+            if not np.isfinite(loss):
+                raise FloatingPointError("distillation diverged; lower the learning rate")
+            history.append(loss)
+            bar.set_postfix(loss=f"{loss:.4g}")
+            opt.zero_grad(set_to_none=True)
+            params.grad = grad
+            opt.step()
+        self.params = params.detach()
+        return history
+
+    def cells(self) -> np.ndarray:
+        """The synthetic cells [n, G] of the current parameters (noise from the seed)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        noise = torch.randn(self.params.shape, generator=gen) if self.gen.kind == "scdg" else None
+        with torch.no_grad():
+            return self.gen(self.params, self.cond, noise).numpy()
+
+    def matching_loss(self, params: torch.Tensor | None = None, seed: int = 12345) -> float:
+        """DM loss of ``params`` (default: the current ones) with fixed noise, for comparisons."""
+        params = self.params if params is None else params
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(params.shape, generator=gen) if self.gen.kind == "scdg" else None
+        with torch.no_grad():
+            cells = self.gen(params, self.cond, noise)
+            return float(dm_loss(self.gen.ae.encode(cells), self.labels, self.real_means))
+
+
+def distill(
+    bundle: str | os.PathLike | Bundle,
+    data: str | os.PathLike | anndata.AnnData,
+    label: str,
+    spc: int,
+    match: str = "dm",
+    generator: str = "scdg",
+    iterations: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    task: Task | None = None,
+    **options: Any,
+) -> anndata.AnnData:
+    """Distil ``data`` into ``spc`` synthetic cells per class of ``label``.
+
+    Parameters
+    ----------
+    bundle : path, shipped name or Bundle
+        An SCDG bundle ('kang-scdg'), or an autoencoder bundle for ``generator`` decoder/none.
+    data : path, built-in name or AnnData
+        The counts the bundle was trained on (its split is rebuilt; test cells are never used).
+    label : str
+        The obs column that defines the classes (any categorical label).
+    spc : int
+        Synthetic cells per class.
+    match : {'dm', 'dc'}
+        Distribution matching or gradient matching.
+    generator : {'scdg', 'decoder', 'none'}
+        Through SCDG + decoder, the decoder only, or directly in expression space.
+    iterations : int, optional
+        Optimiser steps (default 200).
+    task : Task, optional
+        An already loaded task (skips re-preparing the data).
+    **options
+        Other :class:`DistillConfig` fields (``learning_rate``, ``t_star``, ``real_batch``,
+        ``chunk_size``).
+
+    Returns
+    -------
+    AnnData
+        ``X`` float32 [C * spc, G] log-normalised expression; ``obs[label]`` the class;
+        ``obs['init_cell']`` the real cell each started from; ``uns['cellsynth_distill']``
+        provenance and the loss history.
+    """
+    started = time.perf_counter()
+    if task is None:
+        task = load_task(bundle, data, label)
+    elif task.label != label:
+        raise DataError(f"the given task is for label {task.label!r}, not {label!r}")
+    config = DistillConfig(
+        spc=spc, match=match, generator=generator, seed=seed,
+        **({"iterations": iterations} if iterations is not None else {}), **options,
+    )  # fmt: skip
+    run = Distiller(task, config)
+    history = run.run(progress=progress)
+    X = run.cells().astype(np.float32)
+    names = [f"distilled-{task.classes[c]}-{i}" for c, i in _class_ranks(run.labels.numpy())]
+    obs = pd.DataFrame(
+        {
+            label: pd.Categorical.from_codes(run.labels.numpy(), categories=task.classes),
+            "init_cell": np.asarray(task.cell_names[run.init_idx], dtype=str),
+        },
+        index=pd.Index(names, dtype=object),
+    )
+    b = task.bundle
+    provenance = {
+        "bundle": str(b.path),
+        "bundle_hash": b.hash,
+        "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
+        "label": label,
+        **{k: v for k, v in asdict(config).items()},
+        "loss_history": [float(v) for v in history],
+        "initial_loss": float(history[0]) if history else None,
+        "final_loss": float(history[-1]) if history else None,
+        "seconds": round(time.perf_counter() - started, 2),
+        "cellsynth_version": __version__,
+    }
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    return anndata.AnnData(
+        X=X,
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(task.genes, dtype=object, name="gene")),
+        uns={"cellsynth_distill": provenance},
+    )
+
+
+def _class_ranks(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(class, rank within class) of each synthetic cell, for readable cell names."""
+    seen: dict[int, int] = {}
+    out = []
+    for c in labels.tolist():
+        out.append((c, seen.get(c, 0)))
+        seen[c] = seen.get(c, 0) + 1
+    return out
