@@ -4,7 +4,18 @@ The graph has inputs ``x_t`` float32 [batch, G], ``timestep`` int64 [batch], ``l
 [batch, K] and output ``model_output`` float32 [batch, G], with a dynamic batch dimension; it is
 made by ``torch.onnx.export(dynamo=True)`` and saved as one file (weights inside). Its
 ``metadata_props`` carry the provenance (bundle hash, architecture, genes, labels, precision), so a
-file separated from its bundle still says what it is.
+file separated from its bundle still says what it is. For a latent-diffusion bundle G is the
+latent width D (``Bundle.width``): the SCDG maps scaled autoencoder codes.
+
+An autoencoder's two halves export separately (:func:`export_autoencoder_onnx`):
+``onnx/encoder.fp32.onnx`` (``x`` float32 [batch, G] -> ``z`` [batch, D]) and
+``onnx/decoder.fp32.onnx`` (``z`` [batch, D] -> ``x`` [batch, G]), in eval mode (BatchNorm on its
+running statistics, no dropout), each with the L2 normalisation of the latent when the model has
+it. The decoder's zero threshold is not in the graph: the runtime applies it
+(:class:`cellsynth.backends.base.Decoder`). They are recorded in the autoencoder bundle's own
+exports.json under the keys 'encoder' and 'decoder'; for a latent-diffusion bundle that is
+``BUNDLE/autoencoder/``. :func:`export_latent_onnx` makes everything latent generation runs on
+(SCDG denoiser, decoder, optionally the encoder) in one call.
 
 Every export is checked before it is recorded (see :mod:`cellsynth.export.parity`): fp32 must match
 PyTorch to a relative error of 1e-4 or the export fails; fp16 and int8 are judged by whole sampling
@@ -40,7 +51,16 @@ from cellsynth.export.parity import ExportError
 from cellsynth.export.quantize import HalfPrecision, quantize_int8
 from cellsynth.exports import ONNX_PRECISIONS, export_entry, record_export
 
-__all__ = ["ExportError", "export_onnx"]
+__all__ = [
+    "AUTOENCODER_PARTS",
+    "ExportError",
+    "export_autoencoder_onnx",
+    "export_latent_onnx",
+    "export_onnx",
+]
+
+# Autoencoder part -> (input name, output name); see the module docstring.
+AUTOENCODER_PARTS = {"encoder": ("x", "z"), "decoder": ("z", "x")}
 
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 MAX_SINGLE_FILE = 2**31 - 2**20  # protobuf's 2 GiB limit, less headroom
@@ -77,7 +97,8 @@ def export_onnx(
     real_cells : AnnData, str, np.ndarray [n, G] or None
         Real cells for the parity check: raw-count AnnData, a built-in data set name or .h5ad
         path, or log-normalised expression in model gene order. None: the bundle's training data
-        if it was a built-in data set, else random inputs only (said in the report).
+        if it was a built-in data set, else random inputs only (said in the report). A latent
+        denoiser is checked on the autoencoder's codes of these cells.
     seed : int
         Seeds the test inputs and the trajectory noise.
     progress : bool
@@ -92,9 +113,15 @@ def export_onnx(
     Raises
     ------
     ExportError
-        If export fails or parity fails (nothing is recorded then).
+        If export fails or parity fails (nothing is recorded then), or the bundle is an
+        autoencoder (it has no denoiser: see :func:`export_autoencoder_onnx`).
     BundleError
         If the bundle is invalid or its config.json changed since it was loaded.
+
+    Notes
+    -----
+    For a latent-diffusion bundle this exports the SCDG denoiser only (width D); its decoder
+    is exported by :func:`export_autoencoder_onnx` (``cellsynth export`` does both).
     """
     if precision not in ONNX_PRECISIONS:
         raise ExportError(f"precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
@@ -105,6 +132,11 @@ def export_onnx(
     if not batch_sizes or min(batch_sizes) < 1:
         raise ExportError(f"batch_sizes must be positive, got {list(batch_sizes)}")
     bundle = _current(bundle)
+    if bundle.kind == "autoencoder":
+        raise ExportError(
+            f"{bundle.path} is an autoencoder bundle: it has no denoiser; export its encoder and "
+            "decoder with export_autoencoder_onnx (cellsynth export BUNDLE --format onnx)"
+        )
     module = bundle.to_torch(weights)
     stages = 5 + (precision != "fp32") + (precision == "int8")
     bar = tqdm(total=stages, desc=f"export onnx {precision}", disable=not progress, leave=False)
@@ -167,6 +199,226 @@ def export_onnx(
     return export_entry(bundle, "onnx", precision) or entry
 
 
+class _Encoder(torch.nn.Module):
+    """x [B, G] -> z [B, D]: the autoencoder's encode, L2 normalisation included."""
+
+    def __init__(self, autoencoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(x)  # [B, D]
+
+
+class _Decoder(torch.nn.Module):
+    """z [B, D] -> x [B, G]: the autoencoder's decode (codes L2-normalised first if it does)."""
+
+    def __init__(self, autoencoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(z)  # [B, G]
+
+
+def export_autoencoder_onnx(
+    bundle: Bundle | str,
+    *,
+    parts: Sequence[str] = ("encoder", "decoder"),
+    opset: int = 18,
+    batch_sizes: Sequence[int] = (1, 7, 64),
+    real_cells: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Export, check and record an autoencoder's encoder and/or decoder as fp32 ONNX files.
+
+    Parameters
+    ----------
+    bundle : Bundle or path
+        An autoencoder bundle, or a latent-diffusion bundle (its ``autoencoder/`` is exported).
+    parts : sequence of {'encoder', 'decoder'}
+        Which halves: ``onnx/encoder.fp32.onnx`` (``x`` [batch, G] -> ``z`` [batch, D]) and
+        ``onnx/decoder.fp32.onnx`` (``z`` [batch, D] -> ``x`` [batch, G]), in the autoencoder
+        bundle, listed in its exports.json under the part's name.
+    opset : int
+        ONNX opset, >= 17.
+    batch_sizes : sequence of int
+        Batch sizes of the synthetic parity batches.
+    real_cells : AnnData, str, np.ndarray [n, G] or None
+        Real cells for the parity check, as in :func:`export_onnx` (the decoder is checked on
+        their codes).
+    seed : int
+        Seeds the test inputs.
+    progress : bool
+        Show a progress bar over the parts.
+
+    Returns
+    -------
+    dict of str to dict
+        Part name -> its manifest entry: part, precision ('fp32'), weights ('model'), opset,
+        inputs, outputs, normalize_latent, zero_threshold, ``parity`` (max relative error
+        <= 1e-4), versions, created, file, sha256.
+
+    Raises
+    ------
+    ExportError
+        If the bundle has no autoencoder, export fails or parity fails (that part is then not
+        recorded).
+    """
+    parts = list(dict.fromkeys(parts))
+    unknown = [p for p in parts if p not in AUTOENCODER_PARTS]
+    if unknown or not parts:
+        raise ExportError(f"parts must be among {sorted(AUTOENCODER_PARTS)}, got {list(parts)}")
+    if int(opset) < MIN_OPSET:
+        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ExportError(f"batch_sizes must be positive, got {list(batch_sizes)}")
+    top = _current(bundle)
+    if top.kind == "diffusion":
+        raise ExportError(
+            f"{top.path} is a gene-space diffusion bundle: it has no autoencoder to export"
+        )
+    ae = top.autoencoder
+    module = ae.to_torch()  # eval mode
+    G, D = len(ae.genes), int(ae.architecture["latent_dim"])
+    expression, real_source = parity.resolve_real_cells(top, real_cells, seed)
+    entries: dict[str, dict[str, Any]] = {}
+    bar = tqdm(parts, desc="export onnx autoencoder", disable=not progress, leave=False)
+    for part in bar:
+        bar.set_postfix_str(part)
+        wrapper = (_Encoder if part == "encoder" else _Decoder)(module).eval()
+        in_name, out_name = AUTOENCODER_PARTS[part]
+        in_width, out_width = (G, D) if part == "encoder" else (D, G)
+        with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=ae.path) as tmp:
+            final = Path(tmp) / f"{part}.fp32.onnx"
+            example = (torch.ones(_EXAMPLE_BATCH, in_width),)
+            _export_module(wrapper, example, [in_name], out_name, final, opset, f"the {part}")
+            _write_part_metadata(final, ae, part, opset)
+            session = _validate(final)
+            cases = parity.autoencoder_cases(ae, part, batch_sizes, expression, seed)
+            report = _fp32_parity(
+                session,
+                parity.torch_function(wrapper),
+                cases,
+                candidate=parity.session_function(session),
+            )
+            report["real_cells"] = (
+                {"source": real_source, "cells": int(len(expression))}
+                if expression is not None
+                else {"source": None, "note": real_source}
+            )
+            entry = {
+                "part": part,
+                "precision": "fp32",
+                "weights": "model",
+                "opset": int(opset),
+                "bundle_hash": ae.hash,
+                "inputs": {in_name: {"dtype": "float32", "shape": ["batch", in_width]}},
+                "outputs": {out_name: {"dtype": "float32", "shape": ["batch", out_width]}},
+                "normalize_latent": bool(ae.architecture.get("normalize_latent", False)),
+                "zero_threshold": float(ae.config.get("decode", {}).get("zero_threshold", 0.0)),
+                "size_bytes": final.stat().st_size,
+                "parity": report,
+                "versions": _versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            _current(ae)  # refuse to record against a config.json that changed meanwhile
+            record_export(ae, "onnx", part, final, _plain(entry))
+        entries[part] = export_entry(ae, "onnx", part) or entry
+    return entries
+
+
+def export_latent_onnx(
+    bundle: Bundle | str,
+    *,
+    encoder: bool = True,
+    precision: str = "fp32",
+    weights: str = "ema",
+    opset: int = 18,
+    real_cells: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Export what torch-free latent generation needs: the SCDG denoiser and the decoder.
+
+    Parameters
+    ----------
+    bundle : Bundle or path
+        A latent-diffusion bundle, or an autoencoder bundle (then only its parts).
+    encoder : bool
+        Also export the encoder (generation does not need it; distillation does).
+    precision : {'fp32', 'fp16', 'int8'}
+        Of the denoiser. The autoencoder parts are always fp32; with a reduced precision they
+        are exported only where no intact export exists yet (an fp32 run re-exports them).
+    weights, opset, real_cells, seed, progress
+        As for :func:`export_onnx`.
+
+    Returns
+    -------
+    dict of str to dict
+        Manifest entries: 'denoiser' (in the bundle's exports.json), 'encoder' and 'decoder'
+        (in the autoencoder's exports.json), each when exported by this call.
+    """
+    top = _current(bundle)
+    if top.kind == "diffusion":
+        raise ExportError(
+            f"{top.path} is a gene-space diffusion bundle: export it with export_onnx"
+        )
+    entries: dict[str, dict[str, Any]] = {}
+    if top.kind == "latent_diffusion":
+        entries["denoiser"] = export_onnx(
+            top,
+            precision=precision,
+            weights=weights,
+            opset=opset,
+            real_cells=real_cells,
+            seed=seed,
+            progress=progress,
+        )
+    parts = ["encoder", "decoder"] if encoder else ["decoder"]
+    if precision != "fp32":
+        parts = [p for p in parts if not _intact(top.autoencoder, p)]
+    if parts:
+        entries.update(
+            export_autoencoder_onnx(
+                top, parts=parts, opset=opset, real_cells=real_cells, seed=seed, progress=progress
+            )
+        )
+    return entries
+
+
+def _intact(bundle: Bundle, key: str) -> bool:
+    """An ONNX export ``key`` is listed and its file has the recorded SHA-256."""
+    from cellsynth.exports import export_path
+
+    try:
+        export_path(bundle, "onnx", key)
+    except BundleError:
+        return False
+    return True
+
+
+def _write_part_metadata(path: Path, ae: Bundle, part: str, opset: int) -> None:
+    """Provenance of an autoencoder part in the file's metadata_props."""
+    arch = ae.architecture
+    props = {
+        "cellsynth_version": __version__,
+        "bundle_hash": ae.hash,
+        "architecture": str(arch.get("name")),
+        "kind": "autoencoder",
+        "part": part,
+        "n_genes": str(len(ae.genes)),
+        "latent_dim": str(arch.get("latent_dim")),
+        "normalize_latent": json.dumps(bool(arch.get("normalize_latent", False))),
+        "zero_threshold": repr(float(ae.config.get("decode", {}).get("zero_threshold", 0.0))),
+        "weights": "model",
+        "precision": "fp32",
+        "opset": str(opset),
+    }
+    _set_props(path, onnx.load(str(path)), props, f"cellsynth autoencoder {part} of {ae.name}")
+
+
 def _current(bundle: Bundle | str) -> Bundle:
     """The bundle, re-validated from disk; refuses if config.json changed since it was loaded."""
     if not isinstance(bundle, Bundle):
@@ -197,21 +449,34 @@ def _quiet() -> Iterator[io.StringIO]:
 
 def _export_graph(module: torch.nn.Module, path: Path, bundle: Bundle, opset: int) -> None:
     """torch.onnx.export with a dynamic batch dimension, saved as one file at ``path``."""
-    G, K = len(bundle.genes), len(bundle.labels.keys)
+    G, K = bundle.width, len(bundle.labels.keys)
     B = _EXAMPLE_BATCH
     example = (
         torch.zeros(B, G),
         torch.zeros(B, dtype=torch.int64),
         torch.tensor([bundle.labels.sizes] * B, dtype=torch.int64).reshape(B, K),
     )
+    _export_module(module, example, list(INPUT_NAMES), OUTPUT_NAME, path, opset, "the denoiser")
+
+
+def _export_module(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_name: str,
+    path: Path,
+    opset: int,
+    what: str,
+) -> None:
+    """torch.onnx.export (dynamo) with dim 0 of every input dynamic, one file at ``path``."""
     batch = Dim("batch")
     try:
         with _quiet():
             program = torch.onnx.export(
                 module,
                 example,
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                input_names=input_names,
+                output_names=[output_name],
                 # Positional, so it does not depend on the forward's argument names.
                 dynamic_shapes=tuple({0: batch} for _ in example),
                 opset_version=int(opset),
@@ -219,7 +484,7 @@ def _export_graph(module: torch.nn.Module, path: Path, bundle: Bundle, opset: in
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the same to a user
-        raise ExportError(f"torch.onnx could not export the denoiser: {_one_line(exc)}") from exc
+        raise ExportError(f"torch.onnx could not export {what}: {_one_line(exc)}") from exc
     proto = program.model_proto
     if proto.ByteSize() > MAX_SINGLE_FILE:
         raise ExportError(
@@ -236,7 +501,8 @@ def _write_metadata(path: Path, bundle: Bundle, weights: str, precision: str, op
         "cellsynth_version": __version__,
         "bundle_hash": bundle.hash,
         "architecture": str(bundle.architecture.get("name")),
-        "n_genes": str(len(bundle.genes)),
+        "kind": bundle.kind,
+        "n_genes": str(bundle.width),
         "label_keys": json.dumps(bundle.labels.keys),
         "label_sizes": json.dumps(bundle.labels.sizes),
         "prediction_type": bundle.prediction_type,
@@ -244,9 +510,17 @@ def _write_metadata(path: Path, bundle: Bundle, weights: str, precision: str, op
         "precision": precision,
         "opset": str(opset),
     }
+    if bundle.kind == "latent_diffusion":
+        props["latent_scale"] = repr(float(bundle.config["latent"]["scale"]))
+    _set_props(
+        path, model, props, f"cellsynth {bundle.architecture.get('name')} denoiser of {bundle.name}"
+    )
+
+
+def _set_props(path: Path, model: Any, props: dict[str, str], doc: str) -> None:
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
-    model.doc_string = f"cellsynth {bundle.architecture.get('name')} denoiser of {bundle.name}"
+    model.doc_string = doc
     onnx.save(model, str(path))
 
 
@@ -259,10 +533,12 @@ def _validate(path: Path) -> Any:
     return open_session(path)
 
 
-def _fp32_parity(session: Any, reference: parity.Model, cases: list) -> dict[str, Any]:
-    report = parity.elementwise_report(
-        parity.session_model(session), reference, cases, tolerance=parity.FP32_TOLERANCE
-    )
+def _fp32_parity(
+    session: Any, reference: parity.Model, cases: list, candidate: parity.Model | None = None
+) -> dict[str, Any]:
+    """Elementwise report of ``candidate`` (default: the denoiser session) gated at fp32."""
+    candidate = candidate or parity.session_model(session)
+    report = parity.elementwise_report(candidate, reference, cases, tolerance=parity.FP32_TOLERANCE)
     if not report["passed"]:
         worst = max(report["cases"], key=lambda r: r["max_rel_error"])
         raise ExportError(
@@ -287,9 +563,7 @@ def _entry(
     report: dict[str, Any],
     fidelity: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    import onnxruntime
-
-    G, K = len(bundle.genes), len(bundle.labels.keys)
+    G, K = bundle.width, len(bundle.labels.keys)
     entry = {
         "precision": precision,
         "weights": weights,
@@ -303,17 +577,26 @@ def _entry(
         "outputs": {"model_output": {"dtype": "float32", "shape": ["batch", G]}},
         "size_bytes": path.stat().st_size,
         "parity": report,
-        "versions": {
-            "cellsynth": __version__,
-            "torch": str(torch.__version__),
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
+        "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if bundle.kind == "latent_diffusion":
+        entry["kind"] = bundle.kind
+        entry["latent_scale"] = float(bundle.config["latent"]["scale"])
     if fidelity is not None:
         entry["fidelity"] = fidelity
     return _plain(entry)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {
+        "cellsynth": __version__,
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def _plain(x: Any) -> Any:

@@ -15,12 +15,20 @@ random labels including the null class (the last row of each batch is all-null, 
 guidance feeds it); synthetic zero-negated cells noised to a random t; and, where available, real
 cells: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with x0 the zero-negated, log-normalised
 expression of real cells, so the inputs cover the value range the model meets in sampling.
+A latent-diffusion denoiser (SCDG) works on scaled autoencoder codes, not on genes: its synthetic
+batch is random codes of the scale it was trained on (``scale * unit vector`` for an L2-normalised
+latent), and its real cells are the autoencoder's codes of real cells, times the scale.
+
+An autoencoder's encoder (x [B, G] -> z [B, D]) and decoder (z -> x) are checked the same way, one
+input each (:func:`autoencoder_cases`): synthetic log-normalised cells and real cells for the
+encoder, random codes and the codes of real cells for the decoder.
 
 **Trajectory fidelity** (fp16, int8). Reduced precision is judged by what it does to generated
 cells, not per call: the same deterministic DDIM trajectory (same initial noise, labels drawn from
 the training label mix) is run with the PyTorch fp32 model and the candidate, and the final cells
 (negatives truncated, as in generation) are compared: RMS difference relative to the RMS of the
-cells, per-gene means and zero fractions.
+cells, per-gene means and zero fractions. A latent trajectory is decoded to cells first, by the
+PyTorch autoencoder for both, so the comparison is in gene space there too.
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ SCALE_FLOOR = 1e-6
 REAL_CELLS = 256  # real cells noised for the parity check
 METRIC = "max|export - torch| / max(max|torch|, 1e-6), per batch"
 
-# (x_t [B, G] float32, timesteps [B] int64, labels [B, K] int64) -> [B, G] float32
-Model = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-Case = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # (name, x_t, timesteps, labels)
+# (x_t [B, G] float32, timesteps [B] int64, labels [B, K] int64) -> [B, G] float32; an
+# autoencoder part takes one array instead: x [B, G] -> z [B, D] or z -> x.
+Model = Callable[..., np.ndarray]
+# (name, x_t, timesteps, labels) for a denoiser, (name, x) for an autoencoder part
+Case = tuple
 
 
 class ExportError(CellsynthError):
@@ -67,6 +77,27 @@ def session_model(session: Any) -> Model:
     return run
 
 
+def torch_function(fn: Any) -> Model:
+    """Wrap a one-input torch function (an autoencoder's encode or decode) as NumPy -> NumPy."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return fn(torch.from_numpy(x)).float().numpy()
+
+    return run
+
+
+def session_function(session: Any) -> Model:
+    """Wrap a one-input, one-output onnxruntime session as NumPy -> NumPy."""
+    (name,) = [i.name for i in session.get_inputs()]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return run
+
+
 # ------------------------------------------------------------------------------- test inputs
 
 
@@ -89,19 +120,99 @@ def _noised(bundle: Any, x0: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     return (np.sqrt(a) * x0 + np.sqrt(1 - a) * eps).astype(np.float32), t
 
 
+def _synthetic_expression(rng: np.random.Generator, n: int, G: int, zero: float) -> np.ndarray:
+    """[n, G]: mostly silent genes at ``zero``, the rest log-expression in (0, 5)."""
+    x = np.where(rng.random((n, G)) < 0.7, zero, rng.uniform(0, 5, (n, G)))
+    return x.astype(np.float32)
+
+
+def is_latent(bundle: Any) -> bool:
+    """True for a latent-diffusion bundle (its denoiser maps scaled autoencoder codes)."""
+    return getattr(bundle, "kind", "diffusion") == "latent_diffusion"
+
+
+def latent_scale(bundle: Any) -> float:
+    """The factor the latent denoiser's codes were multiplied by in training."""
+    return float(bundle.config["latent"]["scale"])
+
+
+def random_codes(bundle: Any, n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, D] random codes in the latent denoiser's (scaled) space.
+
+    With an L2-normalised latent, codes lie on the unit sphere, so ``scale * unit vector``; else
+    unit-RMS normals (the scale makes the training codes' RMS 1).
+    """
+    g = rng.standard_normal((n, bundle.width))
+    if bundle.autoencoder.architecture.get("normalize_latent", True):
+        g = latent_scale(bundle) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    return g.astype(np.float32)
+
+
 def random_cases(bundle: Any, batch_sizes: Sequence[int], seed: int) -> list[Case]:
-    """Random batches of each size, plus 64 synthetic zero-negated cells noised to random t."""
+    """Random batches of each size, plus 64 synthetic zero-negated cells (for a latent denoiser:
+    64 random codes of its scale) noised to random t."""
     rng = np.random.default_rng(seed)
-    G, T, sizes = len(bundle.genes), bundle.schedule.num_train_timesteps, bundle.labels.sizes
+    G, T, sizes = bundle.width, bundle.schedule.num_train_timesteps, bundle.labels.sizes
     cases: list[Case] = []
     for b in batch_sizes:
         x = rng.standard_normal((b, G), dtype=np.float32)
         t = rng.integers(0, T, b).astype(np.int64)
         cases.append((f"random batch {b}", x, t, _random_labels(rng, sizes, b)))
-    # Mostly silent genes at the zero-negation value, the rest log-expression in (0, 5).
-    x0 = np.where(rng.random((64, G)) < 0.7, bundle.zero_value, rng.uniform(0, 5, (64, G)))
-    x, t = _noised(bundle, x0.astype(np.float32), rng)
-    cases.append(("synthetic cells (64)", x, t, _random_labels(rng, sizes, 64)))
+    if is_latent(bundle):
+        x, t = _noised(bundle, random_codes(bundle, 64, rng), rng)
+        cases.append(("random codes (64)", x, t, _random_labels(rng, sizes, 64)))
+    else:
+        x, t = _noised(bundle, _synthetic_expression(rng, 64, G, bundle.zero_value), rng)
+        cases.append(("synthetic cells (64)", x, t, _random_labels(rng, sizes, 64)))
+    return cases
+
+
+def encode_cells(bundle: Any, expression: np.ndarray) -> np.ndarray:
+    """Codes [n, D] of log-normalised expression [n, G] by the (latent) bundle's autoencoder."""
+    from cellsynth.training.autoencoder import encode
+
+    return encode(bundle.autoencoder.to_torch(), expression)
+
+
+def decode_codes(bundle: Any, codes: np.ndarray) -> np.ndarray:
+    """Cells [n, G] of autoencoder codes [n, D], as generation makes them: decoded by the PyTorch
+    autoencoder, values below its zero threshold (and negatives) set to zero."""
+    from cellsynth.training.autoencoder import decode
+
+    ae = bundle.autoencoder
+    threshold = max(0.0, float(ae.config.get("decode", {}).get("zero_threshold", 0.0)))
+    return decode(ae.to_torch(), codes, threshold)
+
+
+def autoencoder_cases(
+    bundle: Any, part: str, batch_sizes: Sequence[int], expression: np.ndarray | None, seed: int
+) -> list[Case]:
+    """Test batches ``(name, x)`` of an autoencoder's ``part`` ('encoder' or 'decoder').
+
+    encoder: synthetic log-normalised cells of each batch size (70% silent genes) and, when given,
+    real cells ``expression`` [n, G]. decoder: random codes of each batch size (normal, so of
+    every norm: the decoder L2-normalises its input when the latent is normalised), random unit
+    codes, and the PyTorch encoder's codes of ``expression``.
+    """
+    rng = np.random.default_rng(seed)
+    ae = bundle.autoencoder
+    G, D = len(ae.genes), int(ae.architecture["latent_dim"])
+    cases: list[Case] = []
+    for b in batch_sizes:
+        if part == "encoder":
+            cases.append((f"synthetic cells {b}", _synthetic_expression(rng, b, G, 0.0)))
+        else:
+            cases.append((f"random codes {b}", rng.standard_normal((b, D), dtype=np.float32)))
+    if part == "decoder":
+        g = rng.standard_normal((64, D))
+        unit = (g / np.linalg.norm(g, axis=1, keepdims=True)).astype(np.float32)
+        cases.append(("unit codes (64)", unit))
+    if expression is not None:
+        x = np.ascontiguousarray(expression, dtype=np.float32)
+        if part == "encoder":
+            cases.append((f"real cells ({len(x)})", x))
+        else:
+            cases.append((f"codes of real cells ({len(x)})", encode_cells(ae, x)))
     return cases
 
 
@@ -126,7 +237,7 @@ def resolve_real_cells(bundle: Any, real_cells: Any, seed: int) -> tuple[np.ndar
             )
     if isinstance(real_cells, np.ndarray):
         x = np.asarray(real_cells, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != len(bundle.genes):
+        if x.ndim != 2 or x.shape[1] != len(bundle.genes):  # genes, also for a latent bundle
             raise ExportError(
                 f"real cells must be [n_cells, {len(bundle.genes)}] log-normalised expression in "
                 f"the bundle's gene order, got shape {x.shape}"
@@ -143,13 +254,20 @@ def resolve_real_cells(bundle: Any, real_cells: Any, seed: int) -> tuple[np.ndar
 
 
 def real_cell_case(bundle: Any, expression: np.ndarray, source: str, seed: int) -> Case:
-    """Noised zero-negated real cells at random t with random labels (incl. null)."""
+    """Noised zero-negated real cells at random t with random labels (incl. null); for a latent
+    denoiser, the autoencoder's codes of the real cells times the latent scale, noised."""
     from cellsynth.data import zero_negate
 
     rng = np.random.default_rng(seed + 1)
-    x, t = _noised(bundle, zero_negate(expression, bundle.zero_value), rng)
+    if is_latent(bundle):
+        x0 = encode_cells(bundle, expression) * np.float32(latent_scale(bundle))
+        name = f"codes of real cells ({source}, {len(x0)})"
+    else:
+        x0 = zero_negate(expression, bundle.zero_value)
+        name = f"real cells ({source}, {len(x0)})"
+    x, t = _noised(bundle, np.ascontiguousarray(x0, dtype=np.float32), rng)
     labels = _random_labels(rng, bundle.labels.sizes, len(x))
-    return (f"real cells ({source}, {len(x)})", x, t, labels)
+    return (name, x, t, labels)
 
 
 # ---------------------------------------------------------------------------------- reports
@@ -164,8 +282,8 @@ def elementwise_report(
     (``passed`` False).
     """
     rows, finite = [], True
-    for name, x, t, labels in cases:
-        out, ref = candidate(x, t, labels), reference(x, t, labels)  # [B, G] each
+    for name, *inputs in cases:
+        out, ref = candidate(*inputs), reference(*inputs)  # [B, G] each
         if out.shape != ref.shape:
             raise ExportError(f"exported model returned shape {out.shape}, torch {ref.shape}")
         finite &= bool(np.isfinite(out).all())
@@ -174,7 +292,7 @@ def elementwise_report(
         rows.append(
             {
                 "case": name,
-                "batch": len(x),
+                "batch": len(inputs[0]),
                 "max_abs_error": err,
                 "max_rel_error": err / scale,
                 "output_scale": scale,
@@ -194,16 +312,21 @@ def elementwise_report(
 
 
 def trajectory(model: Model, bundle: Any, labels: np.ndarray, steps: int, seed: int) -> np.ndarray:
-    """Final cells [n, G] of a deterministic DDIM run (negatives truncated to zero)."""
+    """Final cells [n, G] of a deterministic DDIM run (negatives truncated to zero).
+
+    For a latent denoiser the run ends in codes [n, D] (not truncated), which are divided by the
+    latent scale and decoded by the PyTorch autoencoder (:func:`decode_codes`).
+    """
     from cellsynth.scheduler import scheduler_for_bundle
 
-    sched = scheduler_for_bundle(bundle, "ddim", truncate_final=True, seed=seed)
+    latent = is_latent(bundle)
+    sched = scheduler_for_bundle(bundle, "ddim", truncate_final=not latent, seed=seed)
     sched.set_timesteps(steps)
-    x = sched.init_noise(len(labels), len(bundle.genes))  # [n, G]
+    x = sched.init_noise(len(labels), bundle.width)  # [n, G] (or [n, D])
     for t in sched.timesteps.tolist():
         out = model(x, np.full(len(x), t, dtype=np.int64), labels)  # [n, G]
         x = sched.step(np.ascontiguousarray(out, dtype=np.float32), t, x)
-    return x
+    return decode_codes(bundle, x / np.float32(latent_scale(bundle))) if latent else x
 
 
 def training_labels(bundle: Any, n: int, seed: int) -> np.ndarray:

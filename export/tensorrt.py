@@ -39,7 +39,13 @@ from typing import Any
 from cellsynth import _core
 from cellsynth.bundle import load_bundle
 from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
-from cellsynth.exports import export_entry, export_path, record_export, tensorrt_key
+from cellsynth.exports import (
+    check_tensorrt_kind,
+    export_entry,
+    export_path,
+    record_export,
+    tensorrt_key,
+)
 from cellsynth.files import atomic_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -231,7 +237,8 @@ def build_engine(
         If TensorRT fails to parse or build.
     """
     _check_options(precision, min_batch, opt_batch, max_batch, onnx_precision, workspace_gib)
-    trt, props = require_tensorrt(device)  # before reading or writing anything
+    check_tensorrt_kind(load_bundle(bundle, verify_weights=False))
+    trt, props = require_tensorrt(device)  # before writing anything
     b = load_bundle(bundle)
     onnx_file = export_path(b, "onnx", onnx_precision)
     root = Path(b.path)

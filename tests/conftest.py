@@ -133,3 +133,28 @@ def tiny_onnx_bundle(tiny_bundle, tmp_path_factory):
     shutil.copytree(tiny_bundle, root)
     export_onnx(root, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_scdg_bundle(wu2020_adata, tmp_path_factory: pytest.TempPathFactory):
+    """A latent-diffusion bundle: a tiny autoencoder (200 genes -> 8-d latent, 2 epochs) and a tiny
+    SCDG on its codes (2 epochs, label 'source': Blood / NAT / Tumor), trained on Wu 2020.
+
+    Session-scoped and shared: tests that export into or damage it must copy it first.
+    """
+    from cellsynth.training.train_autoencoder import train_autoencoder_bundle
+    from cellsynth.training.train_scdg import train_scdg_bundle
+
+    root = tmp_path_factory.mktemp("latent-bundles")
+    ae = train_autoencoder_bundle(
+        wu2020_adata,
+        root / "tiny-ae",
+        label_keys=["source"],
+        config="tiny",
+        epochs=2,
+        n_top_genes=200,
+        progress=False,
+    )
+    return train_scdg_bundle(
+        ae, wu2020_adata, ["source"], root / "tiny-scdg", config="tiny", epochs=2, progress=False
+    )

@@ -1,13 +1,22 @@
-"""The exported forms of a bundle's denoiser (ONNX files, TensorRT engines) and their manifest.
+"""The exported forms of a bundle's models (ONNX files, TensorRT engines) and their manifest.
 
 Exports live inside the bundle directory beside the weights::
 
     BUNDLE/
       exports.json                 manifest: what was exported, from which config.json, checksums
-      onnx/model.fp32.onnx         one ONNX file per precision ('fp32', 'fp16', 'int8')
+      onnx/model.fp32.onnx         the denoiser, one ONNX file per precision ('fp32', 'fp16',
+                                   'int8'), listed under the precision's name
       tensorrt/<key>.plan          TensorRT engines, keyed by GPU, compute capability, TensorRT
                                    version and precision (an engine only runs where it was built)
       tensorrt/timing.cache        TensorRT's timing cache, reused by later builds
+
+An autoencoder bundle holds its encoder and decoder instead, listed under the keys 'encoder' and
+'decoder' (``onnx/encoder.fp32.onnx``, ``onnx/decoder.fp32.onnx``). A latent-diffusion bundle
+keeps its autoencoder in ``BUNDLE/autoencoder/``, a bundle of its own with its own exports.json::
+
+    BUNDLE/
+      exports.json, onnx/model.fp32.onnx          the SCDG denoiser (width: the latent dimension)
+      autoencoder/exports.json, autoencoder/onnx/decoder.fp32.onnx, .../encoder.fp32.onnx
 
 The manifest is separate from config.json on purpose: config.json's SHA-256 is the bundle's identity
 (recorded in every output's provenance), and exporting must not change it. The manifest records
@@ -23,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cellsynth.errors import BundleError
+from cellsynth.errors import BundleError, CellsynthError
 from cellsynth.files import atomic_path, sha256_file
 
 EXPORTS_FILE = "exports.json"
@@ -31,6 +40,7 @@ EXPORTS_FORMAT = "cellsynth-exports"
 EXPORTS_VERSION = 1
 KINDS = ("onnx", "tensorrt")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+AUTOENCODER_PARTS = ("encoder", "decoder")  # ONNX keys of an autoencoder bundle's exports
 
 
 def _bundle_root_and_hash(bundle: Any) -> tuple[Path, str]:
@@ -107,18 +117,29 @@ def export_path(bundle: Any, kind: str, key: str, verify: bool = True) -> Path:
     root, _ = _bundle_root_and_hash(bundle)
     entry = export_entry(bundle, kind, key)
     if entry is None:
-        hint = (
-            f"cellsynth export {root} --format onnx" + ("" if key == "fp32" else f" --{key}")
-            if kind == "onnx"
-            else f"cellsynth export {root} --format tensorrt"
+        raise BundleError(
+            f"{root} has no {kind} export {key!r}; make it with: {_hint(root, kind, key)}"
         )
-        raise BundleError(f"{root} has no {kind} export {key!r}; make it with: {hint}")
     path = root / entry["file"]
     if not path.is_file():
         raise BundleError(f"{root} is incomplete: {entry['file']} (listed in exports.json) is gone")
     if verify and sha256_file(path) != entry["sha256"]:
         raise BundleError(f"{path} is corrupt: its SHA-256 differs from the one in exports.json")
     return path
+
+
+def _hint(root: Path, kind: str, key: str) -> str:
+    """The command that makes a missing export."""
+    if kind == "tensorrt":
+        return f"cellsynth export {root} --format tensorrt"
+    if key in AUTOENCODER_PARTS:
+        # An autoencoder inside a latent-diffusion bundle is exported with that bundle.
+        parent = root.parent
+        if root.name == "autoencoder" and (parent / "config.json").is_file():
+            root = parent
+        return f"cellsynth export {root} --format onnx"
+    flag = {"fp32": "", "fp16": " --fp16", "int8": " --quantize int8"}.get(key, f" --{key}")
+    return f"cellsynth export {root} --format onnx{flag}"
 
 
 def record_export(
@@ -142,6 +163,23 @@ def record_export(
     with atomic_path(root / EXPORTS_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return final
+
+
+def check_tensorrt_kind(bundle: Any) -> None:
+    """Raise unless TensorRT engines can be made for the bundle (gene-space diffusion only).
+
+    Raises
+    ------
+    CellsynthError
+        For a latent-diffusion or autoencoder bundle, saying which engines serve it instead.
+    """
+    kind = getattr(bundle, "kind", "diffusion")
+    if kind != "diffusion":
+        raise CellsynthError(
+            f"TensorRT engines are made for gene-space diffusion bundles only; {bundle.path} is "
+            f"a {kind} bundle: export it with --format onnx and sample with --engine onnxruntime "
+            "or torch"
+        )
 
 
 def tensorrt_key(gpu_name: str, compute_capability: str, tensorrt_version: str, precision: str):

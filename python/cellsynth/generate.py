@@ -4,6 +4,14 @@ The denoiser is any backend (:mod:`cellsynth.backends`: torch, onnxruntime, tens
 interface; the update rule, the noise and the final zero-negation truncation are the C++ scheduler
 (:mod:`cellsynth.scheduler`). Generation never branches on the backend.
 
+A latent-diffusion bundle (an SCDG over autoencoder codes) is generated the same way in its latent
+space (width D, no truncation: codes are not zero-negated); each batch's final codes are then
+divided by the bundle's latent scale and decoded to cells by a :class:`~cellsynth.backends.Decoder`
+chosen with the denoiser (:func:`cellsynth.backends.load_decoder`: the autoencoder's module for
+torch, its exported decoder for onnxruntime, so an ONNX run needs no PyTorch), with values below
+the decoder's zero threshold set to 0. Everything else (labels, keyed noise, chunks, shards,
+counts, provenance) is the same for both kinds.
+
 Randomness is keyed, never sequential: x_T and every step's noise are Philox4x32-10 normals keyed
 by (seed, global cell index, step, gene), and each batch passes the global index of its first cell
 as ``cell_offset``. Labels are assigned for all ``n_cells`` first, then sliced. Batches, chunks and
@@ -35,12 +43,12 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends import load_denoiser
+from cellsynth.backends import load_decoder, load_denoiser
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.chunks import ChunkStore
 from cellsynth.conditions import ConditionValue, assign_labels, composition_labels
 from cellsynth.counts import draw_library_sizes, expression_to_counts
-from cellsynth.errors import DataError
+from cellsynth.errors import BundleError, DataError
 from cellsynth.files import atomic_path
 from cellsynth.h5ad_stream import StreamingH5ADWriter
 
@@ -79,7 +87,8 @@ def generate(
     Parameters
     ----------
     bundle : path, shipped name or Bundle
-        The trained model ('kang-dit' names the shipped default).
+        The trained model ('kang-dit' names the shipped default): a gene-space diffusion bundle
+        or a latent-diffusion bundle (whose cells are decoded by its autoencoder).
     n_cells : int
         Number of cells of the whole run (all shards together).
     steps : int
@@ -111,7 +120,7 @@ def generate(
         'auto', 'cpu', 'cuda' or 'cuda:N'.
     precision : str, optional
         Export precision for onnxruntime ('fp32', 'fp16', 'int8') or TensorRT ('fp16', 'bf16',
-        'fp32').
+        'fp32'), of the denoiser (a latent bundle's decoder runs in fp32).
     threads : int, optional
         CPU threads of the engine.
     composition : path or AnnData, optional
@@ -135,12 +144,19 @@ def generate(
     Returns
     -------
     AnnData
-        ``X``: log-normalised expression, CSR float32 [n, G] (negatives truncated to zero);
+        ``X``: log-normalised expression, CSR float32 [n, G] (negatives truncated to zero; for a
+        latent bundle, decoded values below the decoder's zero threshold set to zero);
         ``var_names``: the bundle's genes; ``obs``: one categorical column per label;
         ``layers['counts']`` (with ``counts``): CSR int32; ``uns['cellsynth']``: provenance
-        (bundle hash, engine, scheduler, spacing, steps, eta, seed, shard, noise, version, ...).
+        (bundle hash, engine, scheduler, spacing, steps, eta, seed, shard, noise, version, ...;
+        for a latent bundle also ``kind``, ``latent_scale`` and ``decoder``).
     """
     b = load_bundle(bundle)
+    if b.kind == "autoencoder":
+        raise BundleError(
+            f"{b.path} is an autoencoder bundle: it cannot generate cells by itself; train a "
+            "latent diffusion model on it (cellsynth train scdg) and sample from that"
+        )
     _check_options(n_cells, steps, eta, guidance, scheduler, timestep_spacing, batch_size, b)
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -154,13 +170,26 @@ def generate(
     denoiser, why = load_denoiser(
         b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
     )
+    try:
+        # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
+        decoder = (
+            load_decoder(b, denoiser.name, denoiser.device, threads)
+            if b.kind == "latent_diffusion"
+            else None
+        )
+    except BaseException:
+        denoiser.close()
+        raise
     if progress:
         print(
             f"cellsynth: engine {denoiser.name} on {denoiser.device}"
-            + (f" (auto: {why})" if engine == "auto" else ""),
+            + (f" (auto: {why})" if engine == "auto" else "")
+            + (f", decoder {decoder.name}" if decoder is not None else ""),
             file=sys.stderr,
         )
-    run = _Run(b, denoiser, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size)
+    run = _Run(
+        b, denoiser, decoder, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size
+    )
     settings = {
         "bundle_hash": b.hash,
         "n_cells": int(n_cells),
@@ -185,6 +214,9 @@ def generate(
         "cells": [lo, hi],
         "engine_choice": why,
         "backend": denoiser.describe(),
+        "kind": b.kind,
+        "latent_scale": decoder.latent_scale if decoder is not None else None,
+        "decoder": decoder.describe() if decoder is not None else None,
         "noise": NOISE,
         "conditions": {
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
@@ -232,6 +264,8 @@ def generate(
     finally:
         bar.close()
         denoiser.close()
+        if decoder is not None:
+            decoder.close()
 
 
 def shard_range(n_cells: int, shard: tuple[int, int] | None, align: int = 1) -> tuple[int, int]:
@@ -278,12 +312,14 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 class _Run:
-    """Everything a chunk of cells needs: bundle, denoiser, scheduler and sampling options."""
+    """Everything a chunk of cells needs: bundle, denoiser (and decoder, for latent diffusion),
+    scheduler and sampling options."""
 
     def __init__(
         self,
         b: Bundle,
         denoiser: Any,
+        decoder: Any,
         scheduler: str,
         timestep_spacing: str,
         steps: int,
@@ -292,23 +328,25 @@ class _Run:
         guidance: float,
         batch_size: int,
     ) -> None:
-        self.b, self.denoiser, self.steps, self.seed = b, denoiser, steps, seed
+        self.b, self.denoiser, self.decoder = b, denoiser, decoder
+        self.steps, self.seed = steps, seed
         self.guidance, self.batch_size = guidance, batch_size
         self.sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
         self.step_options = {"eta": float(eta)} if scheduler == "ddim" else {}
         self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
-        self.n_genes = len(b.genes)
+        self.width = b.width  # G, or the latent width D
 
     def batches(self, codes: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
         for s in range(start, stop, self.batch_size):
             e = min(s + self.batch_size, stop)
             labels = codes[s:e]  # [B, K]
             self.sched.set_timesteps(self.steps)  # also clears a multistep solver's history
-            x_T = self.sched.init_noise(e - s, self.n_genes, cell_offset=s)  # [B, G]
+            x_T = self.sched.init_noise(e - s, self.width, cell_offset=s)  # [B, G] or [B, D]
             null = np.broadcast_to(self.null, labels.shape).copy()  # [B, K]
-            yield self.denoiser.denoise(
+            x0 = self.denoiser.denoise(
                 self.sched, x_T, labels, null, self.guidance, s, self.step_options
-            )  # [B, G] float32
+            )  # [B, G] (or [B, D]) float32
+            yield x0 if self.decoder is None else self.decoder(x0)  # [B, G] float32
 
     def chunk(self, codes: np.ndarray, start: int, stop: int, counts: bool) -> dict[str, Any]:
         """Cells ``start .. stop - 1``: {'X': CSR float32 [n, G]} (+ 'counts': CSR int32)."""
@@ -397,14 +435,14 @@ def _assemble(
 
 def _make_scheduler(b: Bundle, scheduler: str, timestep_spacing: str, seed: int):
     """The bundle's scheduler: its training schedule and prediction type, negatives truncated on
-    the last step, noise keyed by ``seed``."""
+    the last step (not for latent codes, which are not zero-negated), noise keyed by ``seed``."""
     from cellsynth.scheduler import scheduler_for_bundle
 
     return scheduler_for_bundle(
         b,
         scheduler,
         timestep_spacing=timestep_spacing,
-        truncate_final=True,
+        truncate_final=b.kind != "latent_diffusion",
         seed=seed,
     )
 

@@ -10,6 +10,13 @@ tensorrt    an engine built from the ONNX export  an NVIDIA GPU, TensorRT 10
 
 ``engine='auto'`` takes the first available in the order TensorRT, onnxruntime on CUDA, torch on
 CUDA, onnxruntime on the CPU, torch on the CPU: the order measured fastest (benchmarks/engines.py).
+
+A latent-diffusion bundle (SCDG over autoencoder codes) denoises with the same backends at width
+D and ends with a :class:`Decoder` from :func:`load_decoder`, chosen by the denoiser's engine and
+device: torch -> the autoencoder's module (:class:`~cellsynth.backends.torch_backend.TorchDecoder`),
+onnxruntime -> its exported decoder
+(:class:`~cellsynth.backends.onnxruntime_backend.OnnxRuntimeDecoder`). For such a bundle an
+"ONNX export" means the denoiser's and the decoder's, and TensorRT is not offered.
 """
 
 from __future__ import annotations
@@ -17,13 +24,13 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from cellsynth.backends.base import Denoiser
+from cellsynth.backends.base import Decoder, Denoiser
 from cellsynth.bundle import Bundle
-from cellsynth.errors import CellsynthError, MissingDependencyError
+from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
 
 ENGINES = ("torch", "onnxruntime", "tensorrt")
 
-__all__ = ["ENGINES", "Denoiser", "choose_engine", "load_denoiser"]
+__all__ = ["ENGINES", "Decoder", "Denoiser", "choose_engine", "load_decoder", "load_denoiser"]
 
 
 def _cuda_device_count() -> int:
@@ -57,9 +64,24 @@ def _ort_cuda() -> bool:
 
 
 def _has_onnx(bundle: Bundle) -> bool:
+    """An fp32 ONNX export of the denoiser (and, for latent diffusion, of the decoder too)."""
     from cellsynth.exports import export_entry
 
-    return export_entry(bundle, "onnx", "fp32") is not None
+    if export_entry(bundle, "onnx", "fp32") is None:
+        return False
+    return not _latent(bundle) or export_entry(bundle.autoencoder, "onnx", "decoder") is not None
+
+
+def _latent(bundle: Bundle) -> bool:
+    return bundle.kind == "latent_diffusion"
+
+
+def _require_denoiser(bundle: Bundle) -> None:
+    if bundle.kind == "autoencoder":
+        raise BundleError(
+            f"{bundle.path} is an autoencoder bundle: it has no denoiser to generate with; "
+            f"train a latent diffusion model on it (cellsynth train scdg) and sample from that"
+        )
 
 
 def choose_engine(bundle: Bundle, device: str = "auto") -> tuple[str, str, str]:
@@ -67,11 +89,12 @@ def choose_engine(bundle: Bundle, device: str = "auto") -> tuple[str, str, str]:
 
     ``device`` 'auto' allows a GPU; 'cpu' keeps everything on the host; 'cuda[:N]' requires one.
     """
+    _require_denoiser(bundle)
     want_cpu = device == "cpu"
     gpu = not want_cpu and _cuda_device_count() > 0
     onnx = _has_onnx(bundle)
     cuda = "cuda:0" if device in ("auto", "cuda") else device
-    if gpu and onnx and _has_module("tensorrt"):
+    if gpu and onnx and _has_module("tensorrt") and not _latent(bundle):
         return "tensorrt", cuda, "GPU with TensorRT and an ONNX export"
     if gpu and onnx and _ort_cuda():
         return "onnxruntime", cuda, "GPU with onnxruntime-gpu and an ONNX export"
@@ -114,6 +137,11 @@ def load_denoiser(
     """
     if engine not in (*ENGINES, "auto"):
         raise CellsynthError(f"engine must be 'auto' or one of {ENGINES}, got {engine!r}")
+    _require_denoiser(bundle)
+    if engine == "tensorrt":
+        from cellsynth.exports import check_tensorrt_kind
+
+        check_tensorrt_kind(bundle)
     why = "asked for"
     if engine == "auto":
         engine, device, why = choose_engine(bundle, device)
@@ -144,3 +172,51 @@ def load_denoiser(
 
         denoiser = TensorRTDenoiser(bundle, precision=precision or "fp16", device=device)
     return denoiser, why
+
+
+def load_decoder(
+    bundle: Bundle,
+    engine: str,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Decoder:
+    """The decoder that ends latent generation, on the same kind of engine as the denoiser.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        A latent-diffusion bundle (its autoencoder and ``config['latent']['scale']`` are used),
+        or an autoencoder bundle (scale 1).
+    engine : {'torch', 'onnxruntime'}
+        The denoiser's engine (``Denoiser.name``): torch runs the autoencoder's module,
+        onnxruntime its exported decoder (no PyTorch needed).
+    device : str
+        The denoiser's device: 'cpu' or 'cuda:N'.
+    threads : int, optional
+        CPU threads.
+
+    Raises
+    ------
+    BundleError
+        If the bundle has no autoencoder, or (onnxruntime) its decoder export is missing or
+        corrupt.
+    """
+    if bundle.kind == "diffusion":
+        raise BundleError(
+            f"{bundle.path} is a gene-space diffusion bundle: it generates cells directly and "
+            "has no decoder"
+        )
+    ae = bundle.autoencoder
+    scale = float(bundle.config["latent"]["scale"]) if _latent(bundle) else 1.0
+    if engine == "torch":
+        from cellsynth.backends.torch_backend import TorchDecoder
+
+        return TorchDecoder(ae, scale, device=device, threads=threads)
+    if engine == "onnxruntime":
+        from cellsynth.backends.onnxruntime_backend import OnnxRuntimeDecoder
+
+        hint = f"cellsynth export {bundle.path} --format onnx"
+        return OnnxRuntimeDecoder(ae, scale, device=device, threads=threads, export_hint=hint)
+    raise CellsynthError(
+        f"no decoder runs on the {engine!r} engine; latent generation uses torch or onnxruntime"
+    )

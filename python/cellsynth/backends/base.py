@@ -1,4 +1,5 @@
-"""The one denoiser interface every backend implements, and the denoising loop written against it.
+"""The one denoiser interface every backend implements, the denoising loop written against it, and
+the decoder interface that latent generation ends with (:class:`Decoder`).
 
 A backend maps ``(x_t [B, G] float32, timesteps [B] int64, labels [B, K] int64)`` to the model
 output ``[B, G] float32``, in whatever memory it prefers (NumPy arrays on the host, torch tensors,
@@ -117,3 +118,74 @@ class Denoiser(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance: engine name, device and backend details."""
         return {"engine": self.name, "device": self.device, **self.details}
+
+
+class Decoder(ABC):
+    """An autoencoder's decoder on one backend: latent codes [B, D] -> cells [B, G].
+
+    Latent generation denoises codes with a :class:`Denoiser` and ends with a decoder chosen with
+    it (same engine family and device, see :func:`cellsynth.backends.load_decoder`). Backends
+    implement :meth:`run`, the decoder network alone; this class adds what turns its output into
+    cells: values below the autoencoder's ``zero_threshold`` (and negatives) become 0.
+
+    Parameters
+    ----------
+    autoencoder : Bundle
+        The autoencoder bundle (its ``config['decode']['zero_threshold']``).
+    latent_scale : float
+        The factor the latent denoiser's codes carry (``config['latent']['scale']`` of a
+        latent-diffusion bundle): :meth:`__call__` divides by it before decoding.
+
+    Attributes
+    ----------
+    name, device, details : as for :class:`Denoiser`.
+    n_genes, latent_dim : int
+        G and D.
+    """
+
+    name: str = ""
+    device: str = "cpu"
+
+    def __init__(self, autoencoder: Any, latent_scale: float = 1.0) -> None:
+        arch = autoencoder.architecture
+        self.n_genes = int(arch["n_genes"])
+        self.latent_dim = int(arch["latent_dim"])
+        self.zero_threshold = float(autoencoder.config.get("decode", {}).get("zero_threshold", 0))
+        self.latent_scale = float(latent_scale)
+        if not (np.isfinite(self.latent_scale) and self.latent_scale > 0):
+            raise ValueError(f"the latent scale must be a positive number, got {latent_scale}")
+        self.details: dict[str, Any] = {}
+
+    @abstractmethod
+    def run(self, codes: np.ndarray) -> np.ndarray:
+        """The decoder network's output float32 [B, G] for codes float32 [B, D] (host arrays)."""
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Cells float32 [B, G] >= 0 of autoencoder codes [B, D]: values below the zero threshold
+        (and negatives) set to 0."""
+        codes = np.ascontiguousarray(codes, dtype=np.float32)
+        if codes.ndim != 2 or codes.shape[1] != self.latent_dim:
+            raise ValueError(f"codes must be [B, {self.latent_dim}], got shape {codes.shape}")
+        out = np.asarray(self.run(codes), dtype=np.float32)  # [B, G]
+        if out.shape != (len(codes), self.n_genes):
+            raise ValueError(f"the decoder returned {out.shape}, expected [B, {self.n_genes}]")
+        out[out < max(self.zero_threshold, 0.0)] = 0.0
+        return out
+
+    def __call__(self, latents: np.ndarray) -> np.ndarray:
+        """Cells [B, G] of the latent denoiser's final codes [B, D] (divided by the scale)."""
+        return self.decode(np.asarray(latents, dtype=np.float32) / np.float32(self.latent_scale))
+
+    def close(self) -> None:
+        """Free the model or session."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: engine name, device, zero threshold, latent scale and backend details."""
+        return {
+            "engine": self.name,
+            "device": self.device,
+            "zero_threshold": self.zero_threshold,
+            "latent_scale": self.latent_scale,
+            **self.details,
+        }

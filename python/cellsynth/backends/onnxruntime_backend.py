@@ -4,6 +4,10 @@ This is the production path without PyTorch, so this module must never import to
 on the host as NumPy, so the base class's NumPy defaults (``to_native``, ``twice``, ``guide``)
 apply unchanged. The CUDA execution provider with I/O binding lives in
 :mod:`cellsynth.backends.onnxruntime_cuda_backend`.
+
+:class:`OnnxRuntimeDecoder` runs an autoencoder's exported decoder for latent generation, on the
+CPU or (with onnxruntime-gpu) the CUDA execution provider: it is called once per batch, after the
+denoising loop, so plain host inputs and outputs suffice there.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.backends.base import Denoiser
+from cellsynth.backends.base import Decoder, Denoiser
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.errors import BundleError, CellsynthError
 from cellsynth.exports import ONNX_PRECISIONS, export_entry, export_path
@@ -139,10 +143,104 @@ def _check_metadata(session: Any, path: Path, bundle: Bundle, precision: str) ->
         problems.append("it was exported from another config.json")
     if meta.get("precision") != precision:
         problems.append(f"its precision is {meta.get('precision')!r}, not {precision!r}")
-    if meta.get("n_genes") != str(len(bundle.genes)):
-        problems.append(f"it has {meta.get('n_genes')} genes, the bundle {len(bundle.genes)}")
+    if meta.get("n_genes") != str(bundle.width):
+        problems.append(f"it has width {meta.get('n_genes')}, the bundle {bundle.width}")
     if problems:
         raise BundleError(
             f"{path} does not belong to this bundle: {'; '.join(problems)}; re-export: "
             f"cellsynth export {bundle.path} --format onnx"
+        )
+
+
+class OnnxRuntimeDecoder(Decoder):
+    """An autoencoder's exported decoder (``onnx/decoder.fp32.onnx``) on onnxruntime.
+
+    Parameters
+    ----------
+    autoencoder : Bundle
+        The autoencoder bundle; its exports.json must list the 'decoder' export.
+    latent_scale : float
+        Divides the latents before decoding (see :class:`Decoder`).
+    device : str
+        'cpu', or 'cuda[:N]' for the CUDA execution provider (onnxruntime-gpu).
+    threads : int, optional
+        Intra-op threads on the CPU; default all cores.
+    export_hint : str, optional
+        The command that makes a missing export (defaults to exporting ``autoencoder``).
+
+    Raises
+    ------
+    BundleError
+        If the decoder export is missing, corrupt, or belongs to another config.json.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        autoencoder: Bundle,
+        latent_scale: float = 1.0,
+        device: str = "cpu",
+        threads: int | None = None,
+        export_hint: str | None = None,
+    ) -> None:
+        super().__init__(autoencoder, latent_scale)
+        import onnxruntime as ort
+
+        if export_entry(autoencoder, "onnx", "decoder") is None and export_hint:
+            raise BundleError(
+                f"{autoencoder.path} has no ONNX export of its decoder; make it with: {export_hint}"
+            )
+        path = export_path(autoencoder, "onnx", "decoder")  # checks hash and SHA-256
+        if device == "cpu":
+            self.session = open_session(path, threads)
+            provider = "CPUExecutionProvider"
+        else:
+            from cellsynth.backends.onnxruntime_cuda_backend import open_cuda_session
+
+            self.session = open_cuda_session(path, device)
+            provider = "CUDAExecutionProvider"
+        _check_decoder(self.session, path, autoencoder, self)
+        entry = export_entry(autoencoder, "onnx", "decoder") or {}
+        self.device = device
+        self.details = {
+            "precision": entry.get("precision", "fp32"),
+            "provider": provider,
+            "onnx_file": str(Path(path).relative_to(autoencoder.path)),
+            "onnx_sha256": entry.get("sha256"),
+            "onnxruntime_version": ort.__version__,
+        }
+
+    def run(self, codes: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(["x"], {"z": codes})  # [B, G] float32
+        return out
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _check_decoder(session: Any, path: Path, ae: Bundle, decoder: Decoder) -> None:
+    """Refuse a decoder file whose interface or embedded provenance contradicts the bundle."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != ["z"] or outputs != ["x"]:
+        raise BundleError(f"{path} has inputs {inputs} and outputs {outputs}, expected z -> x")
+    meta = session.get_modelmeta().custom_metadata_map
+    problems = []
+    if meta.get("bundle_hash") != ae.hash:
+        problems.append("it was exported from another config.json")
+    if meta.get("part") != "decoder":
+        problems.append(f"it is a {meta.get('part')!r}, not the decoder")
+    if (meta.get("latent_dim"), meta.get("n_genes")) != (
+        str(decoder.latent_dim),
+        str(decoder.n_genes),
+    ):
+        problems.append(
+            f"it maps {meta.get('latent_dim')} -> {meta.get('n_genes')}, the bundle "
+            f"{decoder.latent_dim} -> {decoder.n_genes}"
+        )
+    if problems:
+        raise BundleError(
+            f"{path} does not belong to this autoencoder: {'; '.join(problems)}; re-export: "
+            f"cellsynth export {ae.path} --format onnx"
         )

@@ -49,6 +49,39 @@ def _import_onnxruntime_cuda() -> Any:
     return ort
 
 
+def open_cuda_session(path: Any, device: Any = "cuda:0") -> Any:
+    """A plain onnxruntime session on the CUDA execution provider (host inputs and outputs), for
+    one-shot models such as the decoder of latent generation.
+
+    Raises
+    ------
+    MissingDependencyError
+        Without an NVIDIA GPU, onnxruntime-gpu, or a CUDA provider that starts.
+    BundleError
+        If onnxruntime cannot load the file.
+    """
+    index = cuda_device_index(device)
+    require_cuda_device("onnxruntime on CUDA needs", index)
+    ort = _import_onnxruntime_cuda()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=[("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"],
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        detail = " ".join(str(exc).split())[:300]
+        raise BundleError(f"{path} is corrupt: onnxruntime cannot load it ({detail})") from exc
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise MissingDependencyError(
+            "onnxruntime could not start its CUDA execution provider (are the CUDA and cuDNN "
+            f"libraries onnxruntime-gpu needs installed?); providers: {session.get_providers()}"
+        )
+    return session
+
+
 class OnnxRuntimeCudaDenoiser(CudaDenoiser):
     """A bundle's ONNX export on onnxruntime's CUDA execution provider.
 
@@ -125,7 +158,7 @@ class OnnxRuntimeCudaDenoiser(CudaDenoiser):
             raise BundleError(f"{path}: x_t and the output must be float32 tensors")
         self._x_name, self._t_name, self._out_name = "x_t", "timestep", outputs[0].name
         self._lab_name = "labels" if "labels" in inputs else None
-        self.n_genes = len(bundle.genes)
+        self.n_genes = bundle.width  # genes, or the latent width of a latent denoiser
         if self._lab_name is not None:
             width = inputs["labels"].shape[1]
             self.label_width = (

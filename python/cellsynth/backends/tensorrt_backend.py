@@ -222,10 +222,10 @@ class TensorRTDenoiser(CudaDenoiser):
             raise BundleError(f"{self.engine_path}: x_t and the output must be float32 tensors")
         self._x_name, self._t_name, self._lab_name, self._out_name = x, t, lab, outputs[0]
         self.n_genes = shapes[x][1]
-        if self.n_genes != len(bundle.genes):
+        if self.n_genes != bundle.width:
             raise BundleError(
                 f"{self.engine_path} takes {self.n_genes} genes but the bundle has "
-                f"{len(bundle.genes)}: rebuild the engine"
+                f"{bundle.width}: rebuild the engine"
             )
         self.label_width = shapes[lab][1] if lab is not None else 0
         self.timestep_dtype = dtype(t)

@@ -3,6 +3,8 @@
 On CUDA with a fixed batch size, the model call is captured once as a CUDA graph per batch size
 and replayed at every step (static input buffers, one copy in per step); the scheduler step then
 runs on the same stream through the core's CUDA kernel.
+
+:class:`TorchDecoder` is the matching decoder of latent generation: the autoencoder's module.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.backends.base import Denoiser
+from cellsynth.backends.base import Decoder, Denoiser
 from cellsynth.bundle import Bundle, _require_torch
 
 
@@ -105,3 +107,46 @@ class TorchDenoiser(Denoiser):
 
     def close(self) -> None:
         self._graphs.clear()
+
+
+class TorchDecoder(Decoder):
+    """An autoencoder's decoder as its eval-mode ``torch.nn.Module`` (``decode``).
+
+    Parameters
+    ----------
+    autoencoder : Bundle
+        The autoencoder bundle (``Bundle.autoencoder`` of a latent-diffusion bundle).
+    latent_scale : float
+        Divides the latents before decoding (see :class:`Decoder`).
+    device : str
+        'cpu', 'cuda' or 'cuda:N'.
+    threads : int, optional
+        CPU threads for torch; default leaves torch's choice.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        autoencoder: Bundle,
+        latent_scale: float = 1.0,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(autoencoder, latent_scale)
+        torch = _require_torch()
+        self._torch = torch
+        if threads:
+            torch.set_num_threads(int(threads))
+        self._dev = torch.device(device)
+        self.device = str(self._dev)
+        self.model = autoencoder.to_torch(device=self.device)  # eval mode
+        self.details = {"weights": "model", "torch_version": str(torch.__version__)}
+
+    def run(self, codes: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            z = self._torch.from_numpy(codes).to(self._dev)  # [B, D]
+            return self.model.decode(z).float().cpu().numpy()  # [B, G]
+
+    def close(self) -> None:
+        self.model = None

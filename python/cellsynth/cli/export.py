@@ -1,4 +1,15 @@
-"""``cellsynth export``: the bundle's denoiser to ONNX (checked against PyTorch) or TensorRT."""
+"""``cellsynth export``: the bundle's denoiser to ONNX (checked against PyTorch) or TensorRT.
+
+What ``--format onnx`` exports depends on the bundle's kind:
+
+* diffusion (DiT): the denoiser, at the precision asked for;
+* latent_diffusion (SCDG): the denoiser, and its autoencoder's decoder and encoder (fp32, into
+  ``BUNDLE/autoencoder/``; ``--no-encoder`` skips the encoder, which generation does not need).
+  With ``--fp16`` / ``--quantize`` the autoencoder parts are exported only if missing;
+* autoencoder: encoder and decoder (fp32).
+
+TensorRT engines are made for diffusion bundles only.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,7 @@ import argparse
 from typing import Any
 
 TENSORRT_DEFAULTS = {"precision": "fp16", "min_batch": 1, "opt_batch": 256, "max_batch": 1024}
-ONNX_DEFAULTS = {"fp16": False, "quantize": None, "opset": 18, "data": None}
+ONNX_DEFAULTS = {"fp16": False, "quantize": None, "opset": 18, "data": None, "no_encoder": False}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(default: the training data, if it was a built-in data set)",
     )
     onnx.add_argument("--seed", type=int, default=0, help="seed of the test inputs")
+    onnx.add_argument(
+        "--no-encoder",
+        action="store_true",
+        help="latent-diffusion or autoencoder bundles: export the decoder but not the encoder "
+        "(generation needs only the decoder)",
+    )
     trt = p.add_argument_group("tensorrt")
     trt.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: fp16")
     trt.add_argument("--min-batch", type=int, help="default: 1")
@@ -55,24 +72,41 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _onnx(args: argparse.Namespace) -> None:
-    from cellsynth.export.onnx import export_onnx
+    from cellsynth.bundle import load_bundle
+    from cellsynth.export.onnx import export_latent_onnx, export_onnx
 
     precision = "fp16" if args.fp16 else args.quantize or "fp32"
-    entry = export_onnx(
-        args.bundle,
-        precision=precision,
-        weights=args.weights,
-        opset=args.opset if args.opset is not None else 18,
-        real_cells=args.data,
-        seed=args.seed,
-        progress=True,
+    options = {
+        "weights": args.weights,
+        "opset": args.opset if args.opset is not None else 18,
+        "real_cells": args.data,
+        "seed": args.seed,
+        "progress": True,
+    }
+    bundle = load_bundle(args.bundle)
+    if bundle.kind == "diffusion":
+        if args.no_encoder:
+            args.parser.error("--no-encoder only for latent_diffusion or autoencoder bundles")
+        entry = export_onnx(bundle, precision=precision, **options)
+        print("\n".join(report_lines(args.bundle, entry)))
+        return
+    if bundle.kind == "autoencoder" and precision != "fp32":
+        args.parser.error(
+            "an autoencoder exports in fp32 only; --fp16 and --quantize apply to a denoiser"
+        )
+    entries = export_latent_onnx(
+        bundle, encoder=not args.no_encoder, precision=precision, **options
     )
-    print("\n".join(report_lines(args.bundle, entry)))
+    for name, entry in entries.items():
+        root = args.bundle if name == "denoiser" else str(bundle.autoencoder.path)
+        print("\n".join(report_lines(root, entry)))
 
 
 def _tensorrt(args: argparse.Namespace) -> None:
     from cellsynth.bundle import load_bundle
+    from cellsynth.exports import check_tensorrt_kind
 
+    check_tensorrt_kind(load_bundle(args.bundle, verify_weights=False))
     try:
         from cellsynth.export.tensorrt import build_engine
     except ImportError as exc:
@@ -97,9 +131,10 @@ def _tensorrt(args: argparse.Namespace) -> None:
 def report_lines(bundle: str, entry: dict[str, Any]) -> list[str]:
     """A few lines summarising an ONNX manifest entry: file, parity, trajectory fidelity."""
     par = entry["parity"]
+    what = f"{entry['part']}, " if entry.get("part") else ""
     lines = [
-        f"exported {bundle}/{entry['file']} ({entry['precision']}, {entry['weights']} weights, "
-        f"opset {entry['opset']}, {entry['size_bytes'] / 2**20:.1f} MiB, "
+        f"exported {bundle}/{entry['file']} ({what}{entry['precision']}, {entry['weights']} "
+        f"weights, opset {entry['opset']}, {entry['size_bytes'] / 2**20:.1f} MiB, "
         f"sha256 {entry['sha256'][:12]})"
     ]
     cases = ", ".join(f"{c['case']}" for c in par["cases"])

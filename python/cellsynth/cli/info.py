@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cellsynth.bundle import WEIGHT_FILES, Bundle, load_bundle
+from cellsynth.bundle import KIND_WEIGHTS, WEIGHT_FILES, Bundle, load_bundle
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,27 +38,53 @@ def parameter_count(bundle: Bundle) -> int:
 
 
 def describe(bundle: Bundle) -> str:
-    """A short, human-readable summary of a bundle."""
+    """A short, human-readable summary of a bundle (of any kind)."""
     cfg = bundle.config
     arch = {k: v for k, v in cfg["architecture"].items() if k != "name"}
     genes = bundle.genes
     spec = bundle.labels
-    sched = cfg["schedule"]
     rec = cfg["preprocessing"]
     lines = [
         f"bundle       {bundle.path}",
+        f"kind         {bundle.kind}",
         f"hash         {bundle.hash[:16]}",
         f"format       {cfg['format']} v{cfg['format_version']} "
         f"(cellsynth {cfg.get('cellsynth_version')})",
         f"model        {cfg['architecture'].get('name')} "
         + ", ".join(f"{k}={v}" for k, v in arch.items() if k not in ("n_genes", "label_sizes"))
         + f"; {parameter_count(bundle):,} parameters",
-        f"prediction   {cfg['prediction_type']}",
-        f"schedule     {sched['beta_schedule']} T={sched['num_train_timesteps']} "
-        f"betas {sched['beta_start']}..{sched['beta_end']}",
-        f"genes        {len(genes)} ({', '.join(genes[:5])}{', ...' if len(genes) > 5 else ''}), "
-        f"zero-negation value {rec.get('zero_value')}",
     ]
+    if "prediction_type" in cfg:
+        lines.append(f"prediction   {cfg['prediction_type']}")
+    if "schedule" in cfg:
+        sched = cfg["schedule"]
+        lines.append(
+            f"schedule     {sched['beta_schedule']} T={sched['num_train_timesteps']} "
+            f"betas {sched['beta_start']}..{sched['beta_end']}"
+        )
+    silent = (
+        f"zero-negation value {rec.get('zero_value')}"
+        if bundle.kind == "diffusion"
+        else "log-normalised (not zero-negated)"
+    )
+    lines.append(
+        f"genes        {len(genes)} ({', '.join(genes[:5])}{', ...' if len(genes) > 5 else ''}), "
+        f"{silent}"
+    )
+    if bundle.kind == "latent_diffusion":
+        ae = bundle.autoencoder
+        lines.append(
+            f"latent       {bundle.width} dimensions, codes scaled by "
+            f"{float(cfg['latent']['scale']):.4g}"
+        )
+        lines.append(
+            f"autoencoder  {ae.path.name}/ (hash {ae.hash[:16]}, "
+            f"{parameter_count(ae):,} parameters, decoder zero threshold "
+            f"{float(ae.config.get('decode', {}).get('zero_threshold', 0.0)):.4g})"
+        )
+    elif bundle.kind == "autoencoder":
+        threshold = float(cfg.get("decode", {}).get("zero_threshold", 0.0))
+        lines.append(f"decode       values below {threshold:.4g} become 0")
     if spec.keys:
         for key, size in zip(spec.keys, spec.sizes, strict=True):
             vocab = spec.vocabularies[key]
@@ -72,32 +98,40 @@ def describe(bundle: Bundle) -> str:
         last = f", final loss {hist[-1].get('loss'):.4f}" if hist and "loss" in hist[-1] else ""
         lines.append(
             f"training     data {train.get('data')}, {train.get('n_train_cells')} cells, "
-            f"{train.get('epochs')} epochs ({train.get('steps')} steps){last}, "
+            f"{train.get('epochs')} epochs"
+            + (f" ({train['steps']} steps)" if train.get("steps") is not None else "")
+            + f"{last}, "
             f"{train.get('seconds')} s on {train.get('device')}"
         )
-    sizes = ", ".join(
-        f"{f} {(bundle.path / f).stat().st_size / 1e6:.1f} MB" for f in WEIGHT_FILES.values()
-    )
+    files = [WEIGHT_FILES[w] for w in KIND_WEIGHTS[bundle.kind]]
+    sizes = ", ".join(f"{f} {(bundle.path / f).stat().st_size / 1e6:.1f} MB" for f in files)
     lines.append(f"files        config.json, {sizes}")
     lines.extend(_describe_exports(bundle))
+    if bundle.kind == "latent_diffusion":
+        ae = bundle.autoencoder
+        lines.extend(_describe_exports(ae, prefix=f"{ae.path.name}/", none_line=False))
     return "\n".join(lines)
 
 
-def _describe_exports(bundle: Bundle) -> list[str]:
-    """One line per ONNX file and TensorRT engine listed in exports.json."""
+def _describe_exports(bundle: Bundle, prefix: str = "", none_line: bool = True) -> list[str]:
+    """One line per ONNX file and TensorRT engine listed in exports.json (file names prefixed
+    by ``prefix``; a line saying there are none unless ``none_line`` is False)."""
     from cellsynth.errors import BundleError
     from cellsynth.exports import read_exports
 
     try:
         manifest = read_exports(bundle)
     except BundleError as exc:
-        return [f"exports      unusable: {exc}"]
+        return [f"exports      {prefix}unusable: {exc}"]
     lines = []
     for _, e in sorted(manifest["onnx"].items()):
         worst = max((c.get("max_rel_error", 0.0) for c in e.get("parity", {}).get("cases", [])),
                     default=None)  # fmt: skip
         parity = f", parity {worst:.1e}" if isinstance(worst, float) else ""
-        lines.append(f"onnx         {e['file']} ({e.get('size_bytes', 0) / 1e6:.1f} MB{parity})")
+        size = e.get("size_bytes", 0) / 1e6
+        lines.append(f"onnx         {prefix}{e['file']} ({size:.1f} MB{parity})")
     for key, e in sorted(manifest["tensorrt"].items()):
-        lines.append(f"tensorrt     {e['file']} ({key})")
-    return lines or ["exports      none (cellsynth export BUNDLE --format onnx)"]
+        lines.append(f"tensorrt     {prefix}{e['file']} ({key})")
+    if not lines and none_line:
+        lines = ["exports      none (cellsynth export BUNDLE --format onnx)"]
+    return lines

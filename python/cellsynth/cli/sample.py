@@ -7,7 +7,11 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate synthetic cells from a bundle")
-    p.add_argument("bundle", help="bundle directory or shipped name (kang-dit)")
+    p.add_argument(
+        "bundle",
+        help="bundle directory or shipped name (kang-dit); a latent-diffusion (SCDG) bundle's "
+        "cells are decoded by its autoencoder",
+    )
     p.add_argument("--n-cells", type=int, required=True, help="cells of the whole run")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     p.add_argument(
@@ -51,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
-        "--precision", help="onnxruntime: fp32 (default), fp16, int8; tensorrt: fp16 (default)"
+        "--precision",
+        help="onnxruntime: fp32 (default), fp16, int8; tensorrt: fp16 (default); of the "
+        "denoiser (a latent bundle's decoder runs in fp32)",
     )
     p.add_argument("--threads", type=int, help="CPU threads of the engine")
     p.add_argument(
