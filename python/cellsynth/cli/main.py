@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
-from cellsynth.cli import demo, distill, evaluate, export, info, sample, subsample, train
+from cellsynth.cli import (
+    demo,
+    distill,
+    distill_eval,
+    evaluate,
+    export,
+    info,
+    sample,
+    subsample,
+    train,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     subsample.add_parser(sub)
     evaluate.add_parser(sub)
     distill.add_parser(sub)
+    distill_eval.add_parser(sub)
     return parser
 
 
