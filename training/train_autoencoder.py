@@ -30,6 +30,7 @@ from cellsynth.training.autoencoder import (
     train_autoencoder,
     zero_threshold,
 )
+from cellsynth.training.device import resolve_device
 
 
 def train_autoencoder_bundle(
@@ -114,6 +115,7 @@ def train_autoencoder_bundle(
             "data": source,
             "config": config if isinstance(config, str) else "custom",
             **settings.to_dict(),
+            "device": str(resolve_device(device)),  # what "auto" resolved to
             "n_train_cells": int(prepared.x_train.shape[0]),
             "n_test_cells": int(prepared.x_test.shape[0]),
             "test_mse": test_mse,
