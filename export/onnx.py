@@ -127,10 +127,7 @@ def export_onnx(
         raise ExportError(f"precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
     if weights not in WEIGHT_FILES:
         raise ExportError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {weights!r}")
-    if int(opset) < MIN_OPSET:
-        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ExportError(f"batch_sizes must be positive, got {list(batch_sizes)}")
+    _check_graph_options(opset, batch_sizes)
     bundle = _current(bundle)
     if bundle.kind == "autoencoder":
         raise ExportError(
@@ -270,10 +267,7 @@ def export_autoencoder_onnx(
     unknown = [p for p in parts if p not in AUTOENCODER_PARTS]
     if unknown or not parts:
         raise ExportError(f"parts must be among {sorted(AUTOENCODER_PARTS)}, got {list(parts)}")
-    if int(opset) < MIN_OPSET:
-        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ExportError(f"batch_sizes must be positive, got {list(batch_sizes)}")
+    _check_graph_options(opset, batch_sizes)
     top = _current(bundle)
     if top.kind == "diffusion":
         raise ExportError(
@@ -386,6 +380,14 @@ def export_latent_onnx(
             )
         )
     return entries
+
+
+def _check_graph_options(opset: int, batch_sizes: Sequence[int]) -> None:
+    """The opset and parity batch sizes every export takes."""
+    if int(opset) < MIN_OPSET:
+        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ExportError(f"batch_sizes must be positive, got {list(batch_sizes)}")
 
 
 def _intact(bundle: Bundle, key: str) -> bool:

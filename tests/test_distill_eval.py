@@ -218,3 +218,12 @@ def test_cli_writes_the_report(toy, tmp_path, capsys) -> None:
     )  # fmt: skip
     with pytest.raises(DataError, match="unknown classifier"):
         args.run(args)
+
+
+def test_cli_choices_match_the_library() -> None:
+    """The CLI keeps its own copies of the names so that parsing needs no torch; they must agree."""
+    from cellsynth.cli import distill_eval as cli
+    from cellsynth.training import classifiers, distill_eval
+
+    assert cli.BASELINES == distill_eval.BASELINES
+    assert cli.CLASSIFIERS == classifiers.CLASSIFIERS

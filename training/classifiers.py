@@ -33,6 +33,7 @@ statistics would leak real cells into what should be trained on the synthetic se
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ def _as_inputs(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, 
     return x, y
 
 
-class Classifier:
+class Classifier(ABC):
     """fit(x [n, G], y [n]) then predict_proba / predict on [m, G]; labels are 0..n_classes-1."""
 
     kind: str = ""
@@ -71,12 +72,13 @@ class Classifier:
         self.n_classes = int(n_classes)
         self.seed = int(seed)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> Classifier:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Classifier:
+        """Train on expression x [n, G] and labels y [n]; returns self."""
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    @abstractmethod
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, float64 [m, n_classes]."""
-        raise NotImplementedError
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Most probable class, int64 [m]."""
@@ -305,8 +307,9 @@ class NetworkClassifier(Classifier):
         self.arch = arch
         self.steps_ = 0
 
-    def build(self, n_genes: int) -> nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def build(self, n_genes: int) -> nn.Module:
+        """The untrained network for ``n_genes`` inputs."""
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> NetworkClassifier:
         x, y = _as_inputs(x, y)

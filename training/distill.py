@@ -61,7 +61,7 @@ class DistillConfig:
     iterations : int
         Optimiser steps.
     learning_rate : float
-        Adam step size; None picks 0.05 for latent codes and 0.05 for expression values.
+        Adam step size (the same default suits scaled codes and expression values).
     t_star : int
         SCDG's single-step timestep.
     real_batch : int
@@ -75,7 +75,7 @@ class DistillConfig:
     match: str = "dm"
     generator: str = "scdg"
     iterations: int = 200
-    learning_rate: float | None = None
+    learning_rate: float = 0.05
     t_star: int = 50
     real_batch: int = 256
     chunk_size: int = 256
@@ -89,8 +89,6 @@ class DistillConfig:
         for name in ("spc", "iterations", "real_batch", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate is None:
-            self.learning_rate = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +303,6 @@ class Distiller:
         self.task, self.config = task, config
         self.gen = CellGenerator(config.generator, task.bundle, config.t_star)
         self.C = len(task.classes)
-        torch.manual_seed(config.seed)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.init_idx = initial_cells(task, config.spc, config.seed)  # [C * spc]
         self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
@@ -316,10 +313,12 @@ class Distiller:
         self.real_by_class = [feats[task.class_indices(c)] for c in range(self.C)]
         self.real_means = torch.stack([f.mean(0) for f in self.real_by_class])  # [C, D]
 
-    def noise(self) -> torch.Tensor | None:
+    def noise(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """SCDG noise [n, D] for the parameters (None for other generators); from ``self.rng``
+        unless a generator is given."""
         if self.config.generator != "scdg":
             return None
-        return torch.randn(self.params.shape, generator=self.rng)  # [n, D]
+        return torch.randn(self.params.shape, generator=generator or self.rng)
 
     def loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This iteration's matching loss of synthetic cells [n, G] (DC draws head and batches)."""
@@ -364,16 +363,14 @@ class Distiller:
 
     def cells(self) -> np.ndarray:
         """The synthetic cells [n, G] of the current parameters (noise from the seed)."""
-        gen = torch.Generator().manual_seed(self.config.seed + 1)
-        noise = torch.randn(self.params.shape, generator=gen) if self.gen.kind == "scdg" else None
+        noise = self.noise(torch.Generator().manual_seed(self.config.seed + 1))
         with torch.no_grad():
             return self.gen(self.params, self.cond, noise).numpy()
 
     def matching_loss(self, params: torch.Tensor | None = None, seed: int = 12345) -> float:
         """DM loss of ``params`` (default: the current ones) with fixed noise, for comparisons."""
         params = self.params if params is None else params
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(params.shape, generator=gen) if self.gen.kind == "scdg" else None
+        noise = self.noise(torch.Generator().manual_seed(seed))
         with torch.no_grad():
             cells = self.gen(params, self.cond, noise)
             return float(dm_loss(self.gen.ae.encode(cells), self.labels, self.real_means))
@@ -449,7 +446,7 @@ def distill(
         "bundle_hash": b.hash,
         "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
         "label": label,
-        **{k: v for k, v in asdict(config).items()},
+        **asdict(config),
         "loss_history": [float(v) for v in history],
         "initial_loss": float(history[0]) if history else None,
         "final_loss": float(history[-1]) if history else None,

@@ -123,20 +123,14 @@ def train_scdg_bundle(
         model_state=result.model.state_dict(),
         ema_state=result.ema_state,
         extra={"latent": {"scale": scale}},
-        training={
-            "data": source,
-            "config": config if isinstance(config, str) else "custom",
-            "epochs": epochs,
-            "steps": result.steps,
-            "seed": seed,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "device": str(result.device),
-            "n_train_cells": int(codes.shape[0]),
-            "history": result.history,
-            "seconds": round(time.perf_counter() - started, 1),
-            **({"train_options": dict(train_options)} if train_options else {}),
-        },
+        training=result.record(
+            train_config,
+            data=source,
+            model_config=config,
+            seconds=time.perf_counter() - started,
+            train_options=train_options,
+            n_train_cells=codes.shape[0],
+        ),
         overwrite=overwrite,
     )
     shutil.rmtree(ckpt, ignore_errors=True)

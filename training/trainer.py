@@ -180,6 +180,36 @@ class TrainResult:
     steps: int = 0
     device: str = "cpu"
 
+    def record(
+        self,
+        config: TrainConfig,
+        *,
+        data: str,
+        model_config: str | dict[str, Any],
+        seconds: float,
+        train_options: dict[str, Any] | None = None,
+        **cells: int,
+    ) -> dict[str, Any]:
+        """The ``training`` provenance a bundle keeps: data, recipe, steps, loss history, time.
+
+        ``cells`` are counts such as ``n_train_cells=...``; ``train_options`` the extra
+        TrainConfig fields the caller passed through.
+        """
+        return {
+            "data": data,
+            "config": model_config if isinstance(model_config, str) else "custom",
+            "epochs": config.epochs,
+            "steps": self.steps,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "device": str(self.device),
+            **{k: int(v) for k, v in cells.items()},
+            "history": self.history,
+            "seconds": round(seconds, 1),
+            **({"train_options": dict(train_options)} if train_options else {}),
+        }
+
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR multiplier at optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.

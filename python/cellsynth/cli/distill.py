@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cellsynth.cli import training_module
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -37,17 +39,9 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.out.endswith(".h5ad"):
         raise DataError(f"--out must be an .h5ad file, got {args.out}")
-    try:
-        import torch
+    distill = training_module("distill", "distillation").distill
+    import torch
 
-        from cellsynth.training.distill import distill
-    except ImportError as exc:
-        from cellsynth.errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"distillation needs PyTorch ({exc}): "
-            "pip install torch==2.13.0 && pip install 'cellsynth[train]'"
-        ) from exc
     from cellsynth.files import write_h5ad
 
     if args.threads is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cellsynth.cli import training_module
+
 CLASSIFIERS = ("logreg", "mlp", "transformer")  # as in cellsynth.training.classifiers
 BASELINES = (  # as in cellsynth.training.distill_eval
     "random",
@@ -78,18 +80,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    try:
-        import torch
-
-        from cellsynth.training.distill_eval import evaluate_distilled, write_report
-    except ImportError as exc:
-        from cellsynth.errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"distill-eval trains classifiers with PyTorch ({exc}): "
-            "pip install torch==2.13.0 && pip install 'cellsynth[train]'"
-        ) from exc
-    from cellsynth.training.distill_eval import CLASSIFIER_NAMES
+    module = training_module("distill_eval", "distill-eval (it trains classifiers)")
+    evaluate_distilled, write_report = module.evaluate_distilled, module.write_report
+    names = module.CLASSIFIER_NAMES
+    import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -110,9 +104,7 @@ def run(args: argparse.Namespace) -> None:
         f"{args.label!r}, tested on {result['task']['n_test']} held-out cells; accuracy, "
         f"mean ± sd over {len(result['seeds'])} seed(s) ({result['seconds']:.0f} s)"
     )
-    print(
-        f"  {'method':<12} {'cells':>6}  " + "  ".join(f"{CLASSIFIER_NAMES[k]:>13}" for k in kinds)
-    )
+    print(f"  {'method':<12} {'cells':>6}  " + "  ".join(f"{names[k]:>13}" for k in kinds))
     for method in result["methods"]:
         r = result["results"][method]
         accs = [r["classifiers"][k]["accuracy"] for k in kinds]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cellsynth.cli import training_module
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and write a bundle")
@@ -98,20 +100,6 @@ def _add_scdg(models: argparse._SubParsersAction) -> None:
     scdg.set_defaults(run=run_scdg)
 
 
-def _training_module(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"cellsynth.training.{name}")
-    except ImportError as exc:
-        from cellsynth.errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"training needs PyTorch ({exc}): "
-            "pip install torch==2.13.0 && pip install 'cellsynth[train]'"
-        ) from exc
-
-
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
@@ -120,7 +108,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def run_autoencoder(args: argparse.Namespace) -> None:
     _positive(args, "epochs", "batch_size", "n_top_genes")
-    path = _training_module("train_autoencoder").train_autoencoder_bundle(
+    path = training_module("train_autoencoder").train_autoencoder_bundle(
         args.data,
         args.out,
         label_keys=args.label,
@@ -142,7 +130,7 @@ def run_autoencoder(args: argparse.Namespace) -> None:
 
 def run_scdg(args: argparse.Namespace) -> None:
     _positive(args, "epochs", "batch_size")
-    path = _training_module("train_scdg").train_scdg_bundle(
+    path = training_module("train_scdg").train_scdg_bundle(
         args.autoencoder,
         args.data,
         args.label,
@@ -159,18 +147,8 @@ def run_scdg(args: argparse.Namespace) -> None:
 
 
 def run_dit(args: argparse.Namespace) -> None:
-    try:
-        from cellsynth.training.train_dit import train_dit_bundle
-    except ImportError as exc:
-        from cellsynth.errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"training needs PyTorch ({exc}): "
-            "pip install torch==2.13.0 && pip install 'cellsynth[train]'"
-        ) from exc
-    for name in ("epochs", "batch_size", "n_top_genes"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    train_dit_bundle = training_module("train_dit").train_dit_bundle
+    _positive(args, "epochs", "batch_size", "n_top_genes")
     path = train_dit_bundle(
         args.data,
         args.label,
