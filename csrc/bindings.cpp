@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "counts.h"
 #include "philox.h"
 #include "schedules.h"
 #include "step.h"
@@ -17,6 +18,7 @@
 #ifdef CELLSYNTH_WITH_CUDA
 #include <memory>
 
+#include "cuda/counts.h"
 #include "cuda/device.h"
 #include "cuda/runtime.h"
 #include "cuda/step.h"
@@ -112,6 +114,72 @@ void check_no_overlap(const View& a, const char* an, const View& b, const char* 
     throw std::invalid_argument(std::string(an) + " and " + bn +
                                 " overlap in memory (aliased arrays); pass separate arrays");
   }
+}
+
+// A C-contiguous NumPy array of `ndim` dimensions and dtype float32 (kind 'f') or int32 ('i'):
+// check_array's checks for the count sampler's per-gene theta and its int32 out.
+py::array check_typed(const py::handle& obj, const char* name, char kind, int ndim,
+                      bool writeable) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = a.dtype();
+  if (dt.kind() != kind || dt.itemsize() != 4 || dt.byteorder() == '>') {
+    throw std::invalid_argument(std::string(name) + " must have dtype " +
+                                (kind == 'f' ? "float32" : "int32") + ", got " +
+                                std::string(py::str(dt)));
+  }
+  if (a.ndim() != ndim) {
+    throw std::invalid_argument(std::string(name) + " must be " +
+                                (ndim == 1 ? "1-D [n_genes]" : "2-D [n_cells, n_genes]") +
+                                ", got " + std::to_string(a.ndim()) + " dimensions");
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) +
+                                " must be C-contiguous (use numpy.ascontiguousarray)");
+  }
+  if (writeable && !a.writeable()) throw std::invalid_argument(std::string(name) + " is read-only");
+  return a;
+}
+
+// The memory span of an array, for check_no_overlap (data is left null).
+View span_of(const py::array& a) {
+  View v;
+  v.lo = static_cast<const char*>(a.data());
+  v.hi = v.lo + a.nbytes();
+  return v;
+}
+
+void check_shape(const View& v, const char* name, int64_t rows, int64_t cols) {
+  if (v.rows != rows || v.cols != cols) {
+    std::ostringstream msg;
+    msg << name << " has shape (" << v.rows << ", " << v.cols << "), expected (" << rows << ", "
+        << cols << ") like mean";
+    throw std::invalid_argument(msg.str());
+  }
+}
+
+// A seed: any Python integer (or NumPy integer) in [0, 2^64), else ValueError (pybind11's own
+// uint64_t conversion would raise a TypeError that does not say why).
+uint64_t seed_arg(const py::handle& obj) {
+  auto bad = [&obj]() {
+    return std::invalid_argument("seed must be an integer in [0, 2^64), got " +
+                                 std::string(py::repr(obj)));
+  };
+  PyObject* index = PyNumber_Index(obj.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    throw bad();
+  }
+  const auto owner = py::reinterpret_steal<py::object>(index);
+  const unsigned long long v = PyLong_AsUnsignedLongLong(index);  // OverflowError when < 0
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw bad();
+  }
+  return static_cast<uint64_t>(v);
 }
 
 cellsynth::StepOptions make_options(const cellsynth::StepCoefficients& k,
@@ -526,6 +594,39 @@ void bind_cuda_runtime(py::module_& m) {
       py::arg("cell_offset"), py::arg("stream") = 0, py::arg("device") = 0,
       "As cuda_randn, with the cell offset read from device memory (an int64 at address "
       "`cell_offset`) when the kernel runs, so a captured CUDA graph draws each batch's noise.");
+  m.def(
+      "cuda_sample_counts",
+      [](uintptr_t mean, uintptr_t theta, uintptr_t out, int64_t n_cells, int64_t n_genes,
+         const py::object& seed, int64_t cell_offset, uintptr_t zero_prob,
+         const py::object& stream, int device) {
+        if (n_cells < 0 || n_genes < 0) {
+          throw std::invalid_argument("cuda_sample_counts: negative shape");
+        }
+        if (n_cells > 0 && n_genes > 0 && (mean == 0 || theta == 0 || out == 0)) {
+          throw std::invalid_argument("cuda_sample_counts: null device pointer");
+        }
+        const uint64_t s = seed_arg(seed);
+        if (cell_offset < 0) {
+          throw std::invalid_argument("cell_offset must be >= 0, got " +
+                                      std::to_string(cell_offset));
+        }
+        const uintptr_t st = stream_arg(stream, 0);
+        const int dev = stream_device(stream, device);
+        py::gil_scoped_release release;
+        cu::sample_counts(static_cast<const float*>(as_ptr(mean)),
+                          static_cast<const float*>(as_ptr(theta)),
+                          static_cast<const float*>(as_ptr(zero_prob)),
+                          static_cast<int32_t*>(as_ptr(out)), n_cells, n_genes, s,
+                          static_cast<uint64_t>(cell_offset), as_ptr(st), dev);
+      },
+      py::arg("mean"), py::arg("theta"), py::arg("out"), py::arg("n_cells"), py::arg("n_genes"),
+      py::arg("seed"), py::arg("cell_offset") = 0, py::arg("zero_prob") = 0,
+      py::arg("stream") = 0, py::arg("device") = 0,
+      "sample_counts on device pointers (ints): float32 [n_cells, n_genes] mean, float32 "
+      "[n_genes] theta, int32 [n_cells, n_genes] out, float32 [n_cells, n_genes] zero_prob "
+      "(0 = none), launched asynchronously on `stream` (an int cudaStream_t, a CudaStream or a "
+      "torch stream). The same counts as the CPU; device values cannot be checked, so a value "
+      "with invalid inputs is written as -1.");
 }
 #else
 [[noreturn]] void no_cuda(const std::string& what) {
@@ -552,6 +653,7 @@ void bind_cuda_runtime(py::module_& m) {
   m.def("cuda_guide", [](py::args, py::kwargs) { no_cuda("cuda_guide"); });
   m.def("cuda_randn_device_offset",
         [](py::args, py::kwargs) { no_cuda("cuda_randn_device_offset"); });
+  m.def("cuda_sample_counts", [](py::args, py::kwargs) { no_cuda("cuda_sample_counts"); });
 }
 #endif
 
@@ -650,6 +752,50 @@ PYBIND11_MODULE(_core, m) {
       py::arg("out"), py::arg("seed"), py::arg("step"), py::arg("cell_offset") = 0,
       "Fills float32 [n_cells, n_genes] `out` with the Philox normals of "
       "(seed, cell_offset + row, step, gene).");
+
+  // --- NB / ZINB counts -------------------------------------------------------------------
+  m.attr("COUNT_STREAM_BIT") = py::int_(cellsynth::kCountStreamBit);
+  m.def(
+      "sample_counts",
+      [](const py::object& mean, const py::object& theta, const py::object& out,
+         const py::object& seed, int64_t cell_offset, const py::object& zero_prob) {
+        const View mu = check_array(mean, "mean", false);
+        const py::array th = check_typed(theta, "theta", 'f', 1, false);
+        if (th.shape(0) != mu.cols) {
+          throw std::invalid_argument("theta has length " + std::to_string(th.shape(0)) +
+                                      ", expected n_genes = " + std::to_string(mu.cols) +
+                                      " (the columns of mean)");
+        }
+        View zp;
+        if (!zero_prob.is_none()) {
+          zp = check_array(zero_prob, "zero_prob", false);
+          check_shape(zp, "zero_prob", mu.rows, mu.cols);
+        }
+        const py::array o = check_typed(out, "out", 'i', 2, true);
+        View ov = span_of(o);
+        ov.rows = o.shape(0);
+        ov.cols = o.shape(1);
+        check_shape(ov, "out", mu.rows, mu.cols);
+        check_no_overlap(ov, "out", mu, "mean");
+        check_no_overlap(ov, "out", span_of(th), "theta");
+        check_no_overlap(ov, "out", zp, "zero_prob");
+        const uint64_t s = seed_arg(seed);
+        if (cell_offset < 0) {
+          throw std::invalid_argument("cell_offset must be >= 0, got " +
+                                      std::to_string(cell_offset));
+        }
+        const auto* theta_data = static_cast<const float*>(th.data());
+        auto* out_data = static_cast<int32_t*>(const_cast<void*>(o.data()));
+        py::gil_scoped_release release;
+        cellsynth::sample_counts_cpu(mu.data, theta_data, zp.data, out_data, mu.rows, mu.cols, s,
+                                     static_cast<uint64_t>(cell_offset));
+      },
+      py::arg("mean"), py::arg("theta"), py::arg("out"), py::arg("seed"),
+      py::arg("cell_offset") = 0, py::arg("zero_prob") = py::none(),
+      "Fills int32 [n_cells, n_genes] `out` with negative-binomial counts of float32 "
+      "[n_cells, n_genes] `mean` and per-gene dispersion float32 [n_genes] `theta` (+inf: "
+      "Poisson), zero-inflated with probability float32 [n_cells, n_genes] `zero_prob` when given, "
+      "keyed by (seed, cell_offset + row, gene) as counts.h describes.");
 
   // --- step coefficients ------------------------------------------------------------------
   py::class_<cellsynth::StepCoefficients>(m, "StepCoefficients",

@@ -64,3 +64,47 @@ def expression_to_counts(
     out = sp.csr_matrix((values.astype(np.int32), x.indices.copy(), x.indptr.copy()), x.shape)
     out.eliminate_zeros()  # tiny expression can round to 0 counts
     return out
+
+
+def sample_counts(mean, theta, seed: int, cell_offset: int = 0, zero_prob=None) -> np.ndarray:
+    """Negative-binomial (or zero-inflated NB) counts, keyed per cell like the denoising noise.
+
+    ``count[i, g] ~ NB(mean[i, g], theta[g])``, the Gamma-Poisson mixture with mean ``m`` and
+    variance ``m + m**2 / theta`` (scipy's ``nbinom(n=theta, p=theta / (theta + m))``); a
+    ``theta`` of ``+inf`` gives Poisson(``m``). With ``zero_prob``, a count is 0 with probability
+    ``zero_prob[i, g]`` and NB otherwise. Every random number is a Philox draw of
+    (seed, ``cell_offset + i``, g, draw index) under the reserved counter bit
+    ``_core.COUNT_STREAM_BIT`` (csrc/counts.h), so a cell's counts do not depend on batch size,
+    chunking, sharding or device: ``sample_counts(mean[a:b], theta, seed, a)`` equals rows
+    ``a .. b-1`` of ``sample_counts(mean, theta, seed)``.
+
+    Parameters
+    ----------
+    mean : array-like, [n_cells, n_genes]
+        NB means, finite and >= 0 (converted to float32).
+    theta : array-like, [n_genes]
+        Per-gene inverse dispersion, > 0 or ``numpy.inf`` (converted to float32).
+    seed : int
+        In ``[0, 2**64)``.
+    cell_offset : int
+        Global index of the first row (>= 0).
+    zero_prob : array-like, [n_cells, n_genes], optional
+        Zero-inflation probabilities in ``[0, 1]`` (converted to float32).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 [n_cells, n_genes] counts, capped at ``2**31 - 1``.
+
+    Raises
+    ------
+    ValueError
+        When a shape or value is invalid; the message names the argument.
+    """
+    mean = np.ascontiguousarray(mean, dtype=np.float32)
+    theta = np.ascontiguousarray(theta, dtype=np.float32)
+    if zero_prob is not None:
+        zero_prob = np.ascontiguousarray(zero_prob, dtype=np.float32)
+    out = np.empty(mean.shape if mean.ndim == 2 else (0, 0), dtype=np.int32)
+    _core.sample_counts(mean, theta, out, seed, int(cell_offset), zero_prob)
+    return out
