@@ -248,3 +248,100 @@ def test_compute_metrics_rejects_bad_input() -> None:
         compute_metrics(real, real, real_labels=lab)
     with pytest.raises(ValueError, match="missing"):
         compute_metrics(real, real, {"type": lab}, {"type": lab}, label_key="tissue")
+
+
+# ---------------------------------------------------------------------------------------------
+# structure metrics and the benchmark's options of compute_metrics
+
+
+_LOADINGS = np.random.default_rng(7).normal(size=(2, 12))  # fixed: the same structure per call
+
+
+def _correlated_cells(rng: np.random.Generator, n: int):
+    """Two classes with their own means; within a class, 12 genes load on two latent factors
+    with fixed, varied loadings, so gene pairs have all kinds of correlations."""
+    labels = rng.integers(0, 2, n).astype(str)
+    means = np.where(labels[:, None] == "1", 3.0, 1.0)
+    x = means + rng.normal(size=(n, 2)) @ _LOADINGS + 0.5 * rng.normal(size=(n, 12))
+    return x.astype(np.float32), labels
+
+
+def test_correlation_agreement_of_structure_and_of_none() -> None:
+    from cellsynth.metrics import structure
+
+    rng = np.random.default_rng()
+    real, r_lab = _correlated_cells(rng, 600)
+    same, s_lab = _correlated_cells(rng, 600)
+    genes = structure.top_variable_genes(real, 12)
+    good = structure.correlation_agreement(real, same, r_lab, s_lab, genes)["value"]
+    # Independent genes with the right class means and variances: no within-class structure.
+    sd = same.std(axis=0)
+    indep = np.where(s_lab[:, None] == "1", 3.0, 1.0) + sd * rng.normal(size=same.shape)
+    bad = structure.correlation_agreement(real, indep, r_lab, s_lab, genes)["value"]
+    assert good > 0.6 and abs(bad) < 0.3
+
+
+def test_correlation_agreement_by_hand_and_small_classes() -> None:
+    from cellsynth.metrics import structure
+
+    rng = np.random.default_rng()
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(70, 4))
+    ca, cb = np.corrcoef(a, rowvar=False), np.corrcoef(b, rowvar=False)
+    iu = np.triu_indices(4, 1)
+    expected = np.corrcoef(ca[iu], cb[iu])[0, 1]
+    got = structure.correlation_agreement(a, b, None, None, np.arange(4))
+    assert got["value"] == pytest.approx(expected, abs=1e-10)
+    few = structure.correlation_agreement(a, b, np.array(["x"] * 50), np.array(["x"] * 70),
+                                          np.arange(4), min_cells=60)  # fmt: skip
+    assert np.isnan(few["value"]) and few["skipped"] == ["x"]
+
+
+def test_top_variable_genes_skips_constant_ones() -> None:
+    from cellsynth.metrics import structure
+
+    x = np.array([[0, 1, 5, 2], [0, 3, 5, 2], [0, 9, 5, 0]], dtype=float)
+    assert list(structure.top_variable_genes(x, 3)) == [1, 3]
+
+
+def test_label_transfer_accuracy() -> None:
+    from cellsynth.metrics import structure
+
+    rng = np.random.default_rng()
+    real, r_lab = _correlated_cells(rng, 400)
+    syn, s_lab = _correlated_cells(rng, 400)
+    assert structure.label_transfer_accuracy(syn, s_lab, real, r_lab) > 0.9
+    swapped = np.where(s_lab == "1", "0", "1")  # labels on the wrong cells
+    assert structure.label_transfer_accuracy(syn, swapped, real, r_lab) < 0.1
+    assert np.isnan(structure.label_transfer_accuracy(syn, np.zeros(400), real, r_lab))
+
+
+def test_compute_metrics_with_external_floor_and_pca() -> None:
+    rng = np.random.default_rng(21)
+    real, r_lab = _cells(rng, {"a": 120, "b": 120, "c": 60})
+    floor, f_lab = _cells(rng, {"a": 120, "b": 120, "c": 60})
+    pca, _ = _cells(rng, {"a": 100, "b": 100, "c": 100})
+    syn, s_lab = _cells(rng, {"a": 120, "b": 120, "c": 60}, shift=0.8)
+    opts = dict(_SMALL, families=("distribution", "genes", "structure"), mmd_bandwidth="floor")
+    out = compute_metrics(real, syn, {"t": r_lab}, {"t": s_lab}, floor_real=floor,
+                          floor_labels={"t": f_lab}, pca_real=pca, class_metrics=("knn_auc",),
+                          **opts)  # fmt: skip
+    m = out["metrics"]
+    assert out["n_compared"] == 300 and out["n_pca"] == 300
+    assert not any(k.startswith("paper_") for k in m) and "corr_agreement" in m
+    assert m["knn_auc"]["value"] > m["knn_auc"]["floor"] + 0.2
+    assert abs(m["knn_auc"]["floor"] - 0.5) < 0.1
+    assert set(out["label_transfer"]) == {"t"} and out["label_transfer"]["t"]["floor"] > 0.9
+    cls = out["by_label"]["t"]["classes"]["a"]["metrics"]
+    assert set(cls) == {"knn_auc"}
+    # The floor, the kernel and the reference cells do not depend on the synthetic cells.
+    other = compute_metrics(real, syn[::-1] + 0.5, {"t": r_lab}, {"t": s_lab[::-1]},
+                            floor_real=floor, floor_labels={"t": f_lab}, pca_real=pca,
+                            **opts)  # fmt: skip
+    for name in ("knn_auc", "mmd2_rbf_pca", "w2_pca", "corr_agreement"):
+        assert other["metrics"][name]["floor"] == m[name]["floor"], name
+    with pytest.raises(ValueError, match="floor_labels"):
+        compute_metrics(real, syn, {"t": r_lab}, {"t": s_lab}, floor_real=floor, **opts)
+    with pytest.raises(ValueError, match="families"):
+        compute_metrics(real, syn, families=("nope",))
+    with pytest.raises(ValueError, match="genes"):
+        compute_metrics(real, syn, floor_real=floor[:, :5])

@@ -80,6 +80,11 @@ EXPLANATIONS: dict[str, str] = {
     "RMSE (dropout structure).",
     "gene_cv": "per-gene coefficient of variation (sd / mean): Pearson r and RMSE "
     "(over-dispersion).",
+    "corr_agreement": "do the same genes rise and fall together within a class? Pearson r "
+    "between real and synthetic gene-gene correlations of the most variable genes, each cell "
+    "taken relative to its class mean (0: genes drawn independently).",
+    "label_transfer": "a logistic regression trained on synthetic cells (on the PCA) and tested "
+    "on real ones: are the labels where they are in real data? The floor trains on real cells.",
 }
 
 #: The few metrics printed by the CLI and shown per label.
@@ -493,6 +498,15 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"| `{name}` | {_fmt(m['value'])} | {_fmt(m['floor'])} | {_fmt(ratio)} | "
             f"{_better(name)} |"
         )
+    transfer = result.get("label_transfer", {})
+    if transfer:
+        lines += [
+            "",
+            "| label transfer: accuracy on real cells | trained on synthetic | trained on real |",
+            "|---|---:|---:|",
+        ]
+        for key, vf in transfer.items():
+            lines.append(f"| `{key}` | {_fmt(vf['value'])} | {_fmt(vf['floor'])} |")
     lines += ["", "### What the metrics mean", ""]
     for stem, text in EXPLANATIONS.items():
         lines.append(f"- `{stem}`: {text}")

@@ -75,8 +75,9 @@ def kernel_sum(
     for i in range(0, len(a), block):
         # Symmetric: only blocks on or right of the diagonal, off-diagonal ones counted twice.
         for j in range(i if sym else 0, len(b), block):
-            d = _sq_dists(a[i : i + block], b[j : j + block], a_sq[i : i + block],
-                          b_sq[j : j + block])
+            d = _sq_dists(
+                a[i : i + block], b[j : j + block], a_sq[i : i + block], b_sq[j : j + block]
+            )
             if sym and i == j:
                 np.fill_diagonal(d, 0.0)  # exact zero self-distance, not rounding noise
             s = float(fn(d).sum(dtype=np.float64))

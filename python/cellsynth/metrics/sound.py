@@ -60,9 +60,7 @@ def project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarr
 # MMD
 
 
-def median_bandwidth(
-    x: np.ndarray, y: np.ndarray, max_points: int = 1000, seed: int = 0
-) -> float:
+def median_bandwidth(x: np.ndarray, y: np.ndarray, max_points: int = 1000, seed: int = 0) -> float:
     """Median heuristic: sigma^2 = median of ||a - b||^2 over pairs of distinct pooled points.
 
     The pooled set [x; y] is subsampled to ``max_points`` (``seed``) first: the median of 500k
@@ -153,9 +151,7 @@ def sliced_wasserstein2(
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    return float(
-        ot.sliced_wasserstein_distance(x, y, n_projections=n_projections, p=2, seed=seed)
-    )
+    return float(ot.sliced_wasserstein_distance(x, y, n_projections=n_projections, p=2, seed=seed))
 
 
 # --------------------------------------------------------------------------------------------
