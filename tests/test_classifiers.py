@@ -70,7 +70,8 @@ def test_logreg_sparse_and_dense_paths_agree() -> None:
     np.testing.assert_allclose(ours.predict_proba(x_test), ref.predict_proba(x_test), atol=2e-5)
     dense = LogisticRegression(3, tol=1e-9).fit(x + 1.0, y)  # no zeros: the dense path
     # float64 for scikit-learn: given float32 it solves in float32, converging only to ~5e-4
-    ref = sklearn.LogisticRegression(tol=1e-10, max_iter=10_000).fit((x + 1.0).astype(np.float64), y)
+    x1 = (x + 1.0).astype(np.float64)
+    ref = sklearn.LogisticRegression(tol=1e-10, max_iter=10_000).fit(x1, y)
     np.testing.assert_allclose(dense.predict_proba(x_test), ref.predict_proba(x_test), atol=2e-5)
 
 
