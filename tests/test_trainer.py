@@ -327,3 +327,64 @@ def test_train_config_round_trip():
         TrainConfig.from_dict({**cfg.to_dict(), "lr": 1.0})
     with pytest.raises(ValueError, match="unknown device"):
         train(tiny_dit(), *toy_data(8), SCHEDULE, config(device="tpu"))
+
+
+# ------------------------------------------------------------- run length and validation
+
+
+def test_max_steps_ends_the_run_mid_epoch(data):
+    x, y = data
+    result = train(tiny_dit(), x, y, SCHEDULE, config(epochs=None, max_steps=11))
+    assert result.steps == 11  # 8 steps an epoch: ends 3 steps into the second
+    assert [h["step"] for h in result.history] == [8, 11]
+    # The LR schedule spans the 11 steps: the last step ran at the cosine's tail.
+    assert result.history[-1]["lr"] == pytest.approx(1e-3 * lr_factor(10, 5, 11))
+
+
+def test_time_budget_fits_the_schedule_to_the_budget(data):
+    import time
+
+    x, y = data
+    started = time.perf_counter()
+    result = train(tiny_dit(), x, y, SCHEDULE, config(epochs=None, time_budget_s=3.0))
+    elapsed = time.perf_counter() - started
+    assert result.steps > 22 and elapsed < 3.0 + 2.0  # timed after 22 steps, then fitted
+    assert result.history[-1]["lr"] < 0.6 * 1e-3  # the cosine ran well past its middle
+
+
+def test_a_run_needs_an_end():
+    with pytest.raises(ValueError, match="epochs, max_steps or time_budget_s"):
+        TrainConfig(epochs=None)
+
+
+def test_validation_keeps_the_best_weights(data):
+    x, y = data
+    # A validator that likes the run's third validation best: those weights must come back.
+    calls = []
+
+    def validator(model):
+        calls.append({k: v.clone() for k, v in model.state_dict().items()})
+        score = abs(len(calls) - 3)
+        return {"score": float(score), "knn_auc": 0.5 + score / 10}
+
+    result = train(tiny_dit(), x, y, SCHEDULE, config(epochs=4, validate_every=5),
+                   validator=validator)  # fmt: skip
+    assert [v["step"] for v in result.validation] == [5, 10, 15, 20, 25, 30, 32]
+    assert result.best["step"] == 15 and result.best["score"] == 0.0
+    assert same_weights(result.ema_state, calls[2])  # the validator saw the EMA weights
+    assert "knn_auc" in result.validation[0] and result.validation[0]["seconds"] >= 0
+
+
+def test_validation_survives_a_resume(tmp_path, data):
+    x, y = data
+    scores = iter([3.0, 1.0, 2.0, 5.0, 4.0, 6.0, 7.0, 8.0])
+
+    def validator(model):
+        return {"score": next(scores)}
+
+    train(tiny_dit(), x, y, SCHEDULE, config(epochs=2, validate_every=5), tmp_path,
+          validator=validator)  # fmt: skip
+    result = train(tiny_dit(), x, y, SCHEDULE, config(epochs=4, validate_every=5), tmp_path,
+                   resume=True, validator=validator)  # fmt: skip
+    assert result.best["step"] == 10 and result.best["score"] == 1.0
+    assert [v["step"] for v in result.validation] == [5, 10, 15, 16, 20, 25, 30, 32]

@@ -15,6 +15,7 @@ uninterrupted run bit for bit.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -70,8 +71,9 @@ class TrainConfig:
 
     Attributes
     ----------
-    epochs : int
-        Passes over the data.
+    epochs : int or None
+        Passes over the data; None: no bound by epochs (then ``max_steps`` or
+        ``time_budget_s`` must end the run).
     batch_size : int
         Cells per optimiser step (the last batch of an epoch may be smaller).
     learning_rate, weight_decay : float
@@ -97,9 +99,18 @@ class TrainConfig:
     checkpoint_every_epochs : int
         Write a checkpoint every this many epochs (and always after the last one); 0 = only at the
         end. Ignored without a checkpoint directory.
+    max_steps : int or None
+        Stop after this many optimiser steps (the LR schedule spans the run's real length).
+    time_budget_s : float or None
+        Stop when the run has used this many seconds; the length of the LR schedule is set from
+        the speed of the first steps (and of the first validation), so the cosine decay ends
+        near the budget. The number of steps then depends on the machine: such a run is not
+        bit-identical to another, even with the same seed.
+    validate_every : int
+        With a validator, validate every this many steps (and at the end); 0 = only at the end.
     """
 
-    epochs: int
+    epochs: int | None
     batch_size: int = 128
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
@@ -113,6 +124,9 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     checkpoint_every_epochs: int = 1
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    validate_every: int = 0
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -121,7 +135,15 @@ class TrainConfig:
                     f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}"
                 )
 
-        positive_int("epochs", self.epochs)
+        if self.epochs is not None:
+            positive_int("epochs", self.epochs)
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"TrainConfig.time_budget_s must be > 0, got {self.time_budget_s!r}")
+        if self.epochs is None and self.max_steps is None and self.time_budget_s is None:
+            raise ValueError("TrainConfig needs epochs, max_steps or time_budget_s to end the run")
+        positive_int("validate_every", self.validate_every, 0)
         positive_int("batch_size", self.batch_size)
         positive_int("warmup_steps", self.warmup_steps, 0)
         positive_int("checkpoint_every_epochs", self.checkpoint_every_epochs, 0)
@@ -172,6 +194,11 @@ class TrainResult:
         Optimiser steps taken in total (including those before a resume).
     device : str
         The device it trained on.
+    validation : list of dict
+        With a validator: one row per validation (``step``, ``seconds``, and its scores).
+    best : dict or None
+        The validation row whose weights ``model`` and ``ema_state`` hold (the lowest
+        ``score``); None without a validator (then they are the last weights).
     """
 
     model: nn.Module
@@ -179,6 +206,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     device: str = "cpu"
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
 
     def record(
         self,
@@ -199,6 +228,8 @@ class TrainResult:
             "data": data,
             "config": model_config if isinstance(model_config, str) else "custom",
             "epochs": config.epochs,
+            "max_steps": config.max_steps,
+            "time_budget_s": config.time_budget_s,
             "steps": self.steps,
             "seed": config.seed,
             "batch_size": config.batch_size,
@@ -206,6 +237,7 @@ class TrainResult:
             "device": str(self.device),
             **{k: int(v) for k, v in cells.items()},
             "history": self.history,
+            **({"validation": self.validation, "best": self.best} if self.validation else {}),
             "seconds": round(seconds, 1),
             **({"train_options": dict(train_options)} if train_options else {}),
         }
@@ -412,7 +444,7 @@ def _check_resume(
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: the training config changed ({detail})")
-    if ckpt["epoch"] > config.epochs:
+    if config.epochs is not None and ckpt["epoch"] > config.epochs:
         raise ValueError(
             f"cannot resume from {path}: it has already trained {ckpt['epoch']} epochs, more than "
             f"the {config.epochs} asked for"
@@ -441,6 +473,7 @@ def train(
     resume: bool = False,
     *,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    validator: Callable[[nn.Module], dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train a denoiser (normally a :class:`~cellsynth.training.dit.DiT`) as a DDPM.
 
@@ -455,16 +488,22 @@ def train(
     schedule : NoiseSchedule
         Forward-noise schedule (``alphas_cumprod`` [T], float64).
     config : TrainConfig
-        Hyper-parameters.
+        Hyper-parameters, and the run's length: epochs, max_steps and/or a time budget.
     checkpoint_dir : str or Path, optional
         Where ``checkpoint.pt`` is written (atomically) after epochs; created if needed.
     resume : bool
         If True and ``checkpoint_dir`` holds a checkpoint, continue from it: the final weights are
-        bit-identical (on the same device) to those of an uninterrupted run. Without a checkpoint
-        training starts from scratch.
+        bit-identical (on the same device) to those of an uninterrupted run (not for a time
+        budget, whose length depends on the machine's speed). Without a checkpoint training
+        starts from scratch.
     callback : callable, optional
         Called after each epoch (after its checkpoint) with that epoch's history row; returning
         True stops training there (a checkpoint is written if one is due).
+    validator : callable, optional
+        ``validator(model) -> dict`` with a ``score`` (lower is better) and anything else worth
+        recording, called with the EMA weights loaded in a copy of the model, every
+        ``config.validate_every`` steps and at the end. The weights of the best validation are
+        returned (``TrainResult.best``), not the last ones.
 
     Returns
     -------
@@ -477,140 +516,316 @@ def train(
         belongs to another model, data shape or training recipe.
     """
     x, labels = _check_data(model, x, labels)
-    N = x.shape[0]
-    device = resolve_device(config.device)
-    amp_dtype = resolve_mixed_precision(config.mixed_precision, device)
-    ac_dtype = torch.float32 if device.type == "mps" else torch.float64
-    alphas_cumprod = torch.as_tensor(np.asarray(schedule.alphas_cumprod), dtype=ac_dtype)
-    alphas_cumprod = alphas_cumprod.to(device)  # [T]
-    T = alphas_cumprod.shape[0]
-    steps_per_epoch = -(-N // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    warmup = min(config.warmup_steps, total_steps)
-    schedule_dict = schedule.to_dict() if hasattr(schedule, "to_dict") else None
-    data_info = {
-        "n_cells": N,
-        "n_genes": x.shape[1],
-        "label_sizes": [int(s) for s in model.label_sizes],
-        "fingerprint": _fingerprint(x, labels),
-    }
+    run = _Run(model, x, labels, schedule, config, validator)
+    run.restore(checkpoint_dir, resume)
+    return run.loop(callback)
 
-    model.to(device)
-    optimizer = _make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps)
-    )
-    ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
-    data_gen = torch.Generator().manual_seed(config.seed)  # epoch shuffles, on the CPU
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t, noise, dropout
-    start_epoch, step, history = 0, 0, []
 
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            _check_resume(ckpt, ckpt_path, model, data_info, schedule_dict, config)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            ema.load_state_dict(ckpt["ema"])
-            start_epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-            # the next step's LR under this run's schedule (differs only if `epochs` grew)
-            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-                group["lr"] = base_lr * lr_factor(step, warmup, total_steps)
-            _set_rng_state(ckpt["rng"], data_gen, noise_gen, config.seed + 1 + step)
-        elif not resume and ckpt_path.exists():
-            warnings.warn(f"overwriting the checkpoint in {ckpt_path.parent}", stacklevel=2)
-    elif resume:
-        raise ValueError("resume=True needs a checkpoint_dir")
+class _Run:
+    """The state of one training run: model, optimiser, EMA, RNGs, counters and its length."""
 
-    def save_checkpoint(epoch: int) -> None:
-        _save_atomic(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "rng": _rng_state(data_gen, noise_gen),
-                "train_config": config.to_dict(),
-                "model_config": model.config,
-                "schedule": schedule_dict,
-                "data": data_info,
+    def __init__(
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        labels: np.ndarray,
+        schedule: Any,
+        config: TrainConfig,
+        validator: Callable[[nn.Module], dict[str, Any]] | None,
+    ) -> None:
+        self.model, self.config, self.validator = model, config, validator
+        self.N = x.shape[0]
+        self.device = device = resolve_device(config.device)
+        self.amp_dtype = resolve_mixed_precision(config.mixed_precision, device)
+        ac_dtype = torch.float32 if device.type == "mps" else torch.float64
+        alphas_cumprod = torch.as_tensor(np.asarray(schedule.alphas_cumprod), dtype=ac_dtype)
+        self.alphas_cumprod = alphas_cumprod.to(device)  # [T]
+        self.T = alphas_cumprod.shape[0]
+        self.steps_per_epoch = -(-self.N // config.batch_size)
+        by_epochs = config.epochs * self.steps_per_epoch if config.epochs is not None else None
+        bounds = [b for b in (by_epochs, config.max_steps) if b is not None]
+        # A time budget alone: a provisional length until the first steps are timed.
+        self.total_steps = min(bounds) if bounds else 10**9
+        self.measured = not (config.time_budget_s is not None)
+        self.schedule_dict = schedule.to_dict() if hasattr(schedule, "to_dict") else None
+        self.data_info = {
+            "n_cells": self.N,
+            "n_genes": x.shape[1],
+            "label_sizes": [int(s) for s in model.label_sizes],
+            "fingerprint": _fingerprint(x, labels),
+        }
+        model.to(device)
+        self.optimizer = _make_optimizer(model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.warmup, self.total_steps)
+        )
+        self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
+        self.data_gen = torch.Generator().manual_seed(config.seed)  # epoch shuffles, CPU
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.start_epoch, self.step, self.history = 0, 0, []
+        self.validation: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_states: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self.x_all = torch.from_numpy(x)  # [N, G], CPU
+        self.labels_all = torch.from_numpy(labels)  # [N, K], CPU
+        self.ckpt_path: Path | None = None
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0  # training seconds of the run before a resume
+
+    @property
+    def warmup(self) -> int:
+        return min(self.config.warmup_steps, self.total_steps)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def restore(self, checkpoint_dir: str | Path | None, resume: bool) -> None:
+        if checkpoint_dir is None:
+            if resume:
+                raise ValueError("resume=True needs a checkpoint_dir")
+            return
+        self.ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.ckpt_path.exists():
+            return
+        if not resume:
+            warnings.warn(f"overwriting the checkpoint in {self.ckpt_path.parent}", stacklevel=3)
+            return
+        ckpt = load_checkpoint(self.ckpt_path)
+        _check_resume(
+            ckpt, self.ckpt_path, self.model, self.data_info, self.schedule_dict, self.config
+        )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.start_epoch, self.step, self.history = (
+            ckpt["epoch"],
+            ckpt["step"],
+            list(ckpt["history"]),
+        )
+        extra = ckpt.get("run", {})
+        if self.config.time_budget_s is not None and "total_steps" in extra:
+            self.total_steps, self.measured = int(extra["total_steps"]), True
+        self.seconds_before = float(extra.get("seconds", 0.0))
+        self.validation = list(extra.get("validation", []))
+        self.best = extra.get("best")
+        if "best_model" in ckpt:
+            self.best_states = (ckpt["best_model"], ckpt["best_ema"])
+        # the next step's LR under this run's schedule (differs only if its length changed)
+        for group, base_lr in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, strict=True
+        ):
+            group["lr"] = base_lr * lr_factor(self.step, self.warmup, self.total_steps)
+        _set_rng_state(ckpt["rng"], self.data_gen, self.noise_gen, self.config.seed + 1 + self.step)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        if self.ckpt_path is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict(),
+            "epoch": epoch,
+            "step": self.step,
+            "history": self.history,
+            "rng": _rng_state(self.data_gen, self.noise_gen),
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config,
+            "schedule": self.schedule_dict,
+            "data": self.data_info,
+            "run": {
+                "total_steps": self.total_steps,
+                "seconds": self.seconds(),
+                "validation": self.validation,
+                "best": self.best,
             },
-            ckpt_path,
+        }
+        if self.best_states is not None:
+            state["best_model"], state["best_ema"] = self.best_states
+        _save_atomic(state, self.ckpt_path)
+
+    # ------------------------------------------------------------------------ steps
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the cells ``idx``; the batch loss (detached)."""
+        device, config = self.device, self.config
+        x0 = self.x_all[idx].to(device, non_blocking=True)  # [b, G]
+        y = self.labels_all[idx].to(device, non_blocking=True)  # [b, K]
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=self.noise_gen, device=device)
+        noise = torch.randn(x0.shape, generator=self.noise_gen, device=device)  # [b, G]
+        x_t = add_noise(x0, noise, t, self.alphas_cumprod)  # [b, G]
+        target = training_target(x0, noise, t, self.alphas_cumprod, config.prediction_type)
+        with autocast(device, self.amp_dtype):
+            out = self.model(x_t, t, y, generator=self.noise_gen)  # [b, G]
+        loss = F.mse_loss(out.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return loss.detach()
+
+    def fit_budget(self, step_seconds: float) -> None:
+        """Set the run's length so that it ends near the time budget (see TrainConfig)."""
+        config = self.config
+        per_step = step_seconds
+        if self.validation and config.validate_every:
+            per_step += self.validation[-1]["seconds"] / config.validate_every
+        left = config.time_budget_s - self.seconds()
+        fitted = self.step + max(1, int(left / max(per_step, 1e-9)))
+        bounds = [fitted, config.max_steps]
+        if config.epochs is not None:
+            bounds.append(config.epochs * self.steps_per_epoch)
+        self.total_steps = max(self.step + 1, min(b for b in bounds if b is not None))
+        self.measured = True
+
+    def validate(self) -> dict[str, Any]:
+        """Score the EMA weights with the validator; keep them if they are the best so far."""
+        started = time.perf_counter()
+        probe = copy.deepcopy(self.model)
+        probe.load_state_dict(self.ema.averaged, strict=False)
+        probe.eval()
+        with torch.no_grad():
+            scores = dict(self.validator(probe))
+        row = {"step": self.step, **scores, "seconds": time.perf_counter() - started}
+        self.validation.append(row)
+        if self.best is None or row["score"] < self.best["score"]:
+            self.best = dict(row)
+            self.best_states = (
+                {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()},
+                {k: v.detach().to("cpu").clone() for k, v in self.ema.averaged.items()},
+            )
+        return row
+
+    # ------------------------------------------------------------------------- loop
+
+    def loop(self, callback: Callable[[dict[str, Any]], bool | None] | None) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        bar = tqdm(
+            total=None if not self.measured else self.total_steps,
+            initial=self.step,
+            disable=not config.progress,
+            desc="training",
+            unit="step",
+        )
+        postfix: dict[str, str] = {}
+        timed_from: tuple[int, float] | None = None
+        self.model.train()
+        epoch = self.start_epoch
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                perm = torch.randperm(self.N, generator=self.data_gen)  # [N]
+                loss_sum = torch.zeros((), device=self.device)
+                cells, lr = 0, self.optimizer.param_groups[0]["lr"]
+                for i in range(self.steps_per_epoch):
+                    if self.step >= self.total_steps:
+                        break
+                    idx = perm[i * config.batch_size : (i + 1) * config.batch_size]  # [b]
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    loss = self.train_step(idx)
+                    bar.update(1)
+                    loss_sum += loss * len(idx)
+                    cells += len(idx)
+                    if not self.measured:
+                        # Time steps 3..22 (the first ones pay for allocation and warm-up).
+                        if self.step == 2:
+                            timed_from = (self.step, time.perf_counter())
+                        elif timed_from and self.step == timed_from[0] + 20:
+                            self.fit_budget((time.perf_counter() - timed_from[1]) / 20)
+                            bar.total = self.total_steps
+                    if (
+                        self.validator is not None
+                        and config.validate_every
+                        and (
+                            self.step % config.validate_every == 0 and self.step < self.total_steps
+                        )
+                    ):
+                        row = self.validate()
+                        postfix.update(_postfix(row))
+                        self.model.train()
+                        if config.time_budget_s is not None and len(self.validation) == 1:
+                            self.fit_budget(_mean_step_seconds(self))
+                            bar.total = self.total_steps
+                    if config.progress and (i % 10 == 0 or self.step == self.total_steps):
+                        bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1, **postfix)
+                    if config.time_budget_s is not None and self.measured:
+                        if self.seconds() > config.time_budget_s:
+                            self.total_steps = self.step  # out of time: end the run here
+                        elif self.step % 50 == 0:  # the machine's speed drifts: refit
+                            self.fit_budget(_mean_step_seconds(self))
+                            bar.total = self.total_steps
+                mean_loss = float(loss_sum / max(cells, 1))
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"training diverged in epoch {epoch + 1} (loss {mean_loss}); "
+                        "lower learning_rate or check the input scale"
+                    )
+                epoch += 1
+                row = {
+                    "epoch": epoch,
+                    "step": self.step,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "seconds": time.perf_counter() - t0,
+                }
+                self.history.append(row)
+                last = self.step >= self.total_steps
+                every = config.checkpoint_every_epochs
+                saved = False
+                if last and self.validator is not None:
+                    if not self.validation or self.validation[-1]["step"] != self.step:
+                        postfix.update(_postfix(self.validate()))
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch, **postfix)
+                if self.ckpt_path is not None and (last or (every and epoch % every == 0)):
+                    self.save_checkpoint(epoch)
+                    saved = True
+                if callback is not None and callback(dict(row)) and not last:
+                    if self.ckpt_path is not None and not saved:
+                        self.save_checkpoint(epoch)
+                    break
+        finally:
+            bar.close()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        model = self.model.eval()
+        ema_state = {k: v.detach().to("cpu").clone() for k, v in self.ema.averaged.items()}
+        if self.best_states is not None:  # the best validation's weights, not the last ones
+            model.load_state_dict(self.best_states[0])
+            ema_state = {k: v.clone() for k, v in self.best_states[1].items()}
+        model.to("cpu")
+        return TrainResult(
+            model=model,
+            ema_state=ema_state,
+            history=self.history,
+            steps=self.step,
+            device=str(self.device),
+            validation=self.validation,
+            best=self.best,
         )
 
-    x_all = torch.from_numpy(x)  # [N, G], CPU
-    labels_all = torch.from_numpy(labels)  # [N, K], CPU
-    from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not config.progress, desc="training", unit="step"
-    )
-    model.train()
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            perm = torch.randperm(N, generator=data_gen)  # [N]
-            loss_sum = torch.zeros((), device=device)
-            lr = optimizer.param_groups[0]["lr"]
-            for i in range(steps_per_epoch):
-                idx = perm[i * config.batch_size : (i + 1) * config.batch_size]  # [b]
-                x0 = x_all[idx].to(device, non_blocking=True)  # [b, G]
-                y = labels_all[idx].to(device, non_blocking=True)  # [b, K]
-                t = torch.randint(0, T, (x0.shape[0],), generator=noise_gen, device=device)  # [b]
-                noise = torch.randn(x0.shape, generator=noise_gen, device=device)  # [b, G]
-                x_t = add_noise(x0, noise, t, alphas_cumprod)  # [b, G]
-                target = training_target(x0, noise, t, alphas_cumprod, config.prediction_type)
-                with autocast(device, amp_dtype):
-                    out = model(x_t, t, y, generator=noise_gen)  # [b, G]
-                loss = F.mse_loss(out.float(), target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                ema.update(model)
-                step += 1
-                loss_sum += loss.detach() * x0.shape[0]
-                if config.progress and (i % 10 == 0 or i == steps_per_epoch - 1):
-                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
-                bar.update(1)
-            mean_loss = float(loss_sum / N)
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"training diverged in epoch {epoch + 1} (loss {mean_loss}); "
-                    "lower learning_rate or check the input scale"
-                )
-            row = {
-                "epoch": epoch + 1,
-                "loss": mean_loss,
-                "lr": lr,
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            last = epoch + 1 == config.epochs
-            every = config.checkpoint_every_epochs
-            saved = False
-            if ckpt_path is not None and (last or (every and (epoch + 1) % every == 0)):
-                save_checkpoint(epoch + 1)
-                saved = True
-            if callback is not None and callback(dict(row)) and not last:
-                if ckpt_path is not None and not saved:
-                    save_checkpoint(epoch + 1)
-                break
-    finally:
-        bar.close()
+def _mean_step_seconds(run: _Run) -> float:
+    """Seconds per training step since the run started, validations excluded."""
+    spent = run.seconds() - sum(v["seconds"] for v in run.validation)
+    return spent / max(run.step, 1)
 
-    model.eval().to("cpu")
-    ema_state = {k: v.detach().to("cpu").clone() for k, v in ema.averaged.items()}
-    return TrainResult(
-        model=model, ema_state=ema_state, history=history, steps=step, device=str(device)
-    )
+
+def _postfix(row: dict[str, Any]) -> dict[str, str]:
+    """The validation scores shown in the progress bar."""
+    shown = {}
+    for key, name in (("knn_auc", "AUC"), ("label_accuracy", "labels")):
+        if key in row and row[key] is not None and math.isfinite(row[key]):
+            shown[name] = f"{row[key]:.3f}"
+    return shown

@@ -66,6 +66,7 @@ SHIPPED_DIR = Path(__file__).parent / "models"
 ARCHITECTURES = {
     "dit": ("cellsynth.training.dit", "DiT"),
     "autoencoder": ("cellsynth.training.autoencoder", "AutoEncoder"),
+    "count_autoencoder": ("cellsynth.training.count_autoencoder", "CountAutoEncoder"),
     "scdg": ("cellsynth.training.scdg", "SCDG"),
 }
 
@@ -290,6 +291,7 @@ def save_bundle(
     kind: str = "diffusion",
     autoencoder: str | os.PathLike | None = None,
     extra: Mapping[str, Any] | None = None,
+    files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle directory atomically and return its path.
 
@@ -311,6 +313,10 @@ def save_bundle(
         For 'latent_diffusion': the autoencoder bundle, copied into ``OUT/autoencoder``.
     extra : dict, optional
         Further config entries of the kind (e.g. an autoencoder's ``decode`` settings).
+    files : dict of str to callable, optional
+        Further files for people (e.g. ``training.json``, ``training.png``): name -> a function
+        that writes that file at the path it is given; written inside the temporary directory,
+        so they appear with the bundle or not at all. They are not part of the bundle's hash.
     """
     import shutil
 
@@ -355,6 +361,8 @@ def save_bundle(
             save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata={"format": "pt"})
             config["weights"][WEIGHT_FILES[which]] = sha256_file(tmp / WEIGHT_FILES[which])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        for name, write in (files or {}).items():
+            write(tmp / name)
         # Validate what was written before it takes the final name.
         _validate(Bundle(tmp, config), check_against_torch=False, verify_weights=False)
     return Path(out)
