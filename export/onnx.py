@@ -43,7 +43,12 @@ from torch.export import Dim
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends.onnxruntime_backend import INPUT_NAMES, OUTPUT_NAME, open_session
+from cellsynth.backends.onnxruntime_backend import (
+    DECODER_OUTPUTS,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    open_session,
+)
 from cellsynth.bundle import WEIGHT_FILES, Bundle, load_bundle
 from cellsynth.errors import BundleError
 from cellsynth.export import parity
@@ -208,14 +213,22 @@ class _Encoder(torch.nn.Module):
 
 
 class _Decoder(torch.nn.Module):
-    """z [B, D] -> x [B, G]: the autoencoder's decode (codes L2-normalised first if it does)."""
+    """z [B, D] -> x [B, G]: the autoencoder's decode (codes L2-normalised first if it does).
+
+    A count autoencoder's decoder gives its NB parameters instead: rho [B, G] (each gene's share
+    of the library), for ZINB followed by the zero probabilities ([B, 2G]); theta stays in the
+    weights file, where the runtime reads it.
+    """
 
     def __init__(self, autoencoder: torch.nn.Module) -> None:
         super().__init__()
         self.autoencoder = autoencoder
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(z)  # [B, G]
+        if not hasattr(self.autoencoder, "decode_counts"):
+            return self.autoencoder.decode(z)  # [B, G]
+        rho, _, pi = self.autoencoder.decode_counts(z)
+        return rho if pi is None else torch.cat([rho, pi], dim=1)  # [B, G] or [B, 2G]
 
 
 def export_autoencoder_onnx(
@@ -284,6 +297,10 @@ def export_autoencoder_onnx(
         wrapper = (_Encoder if part == "encoder" else _Decoder)(module).eval()
         in_name, out_name = AUTOENCODER_PARTS[part]
         in_width, out_width = (G, D) if part == "encoder" else (D, G)
+        likelihood = str(ae.architecture.get("likelihood", "mse"))
+        if part == "decoder":
+            out_name = DECODER_OUTPUTS[likelihood]
+            out_width = 2 * G if likelihood == "zinb" else G
         with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=ae.path) as tmp:
             final = Path(tmp) / f"{part}.fp32.onnx"
             example = (torch.ones(_EXAMPLE_BATCH, in_width),)
@@ -311,6 +328,7 @@ def export_autoencoder_onnx(
                 "inputs": {in_name: {"dtype": "float32", "shape": ["batch", in_width]}},
                 "outputs": {out_name: {"dtype": "float32", "shape": ["batch", out_width]}},
                 "normalize_latent": bool(ae.architecture.get("normalize_latent", False)),
+                "likelihood": likelihood,
                 "zero_threshold": float(ae.config.get("decode", {}).get("zero_threshold", 0.0)),
                 "size_bytes": final.stat().st_size,
                 "parity": report,
@@ -413,6 +431,7 @@ def _write_part_metadata(path: Path, ae: Bundle, part: str, opset: int) -> None:
         "n_genes": str(len(ae.genes)),
         "latent_dim": str(arch.get("latent_dim")),
         "normalize_latent": json.dumps(bool(arch.get("normalize_latent", False))),
+        "likelihood": str(arch.get("likelihood", "mse")),
         "zero_threshold": repr(float(ae.config.get("decode", {}).get("zero_threshold", 0.0))),
         "weights": "model",
         "precision": "fp32",

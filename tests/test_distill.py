@@ -29,7 +29,7 @@ from cellsynth.training.train_scdg import train_scdg_bundle
 def scdg_bundle(tmp_path_factory, wu2020_adata):
     root = tmp_path_factory.mktemp("distill")
     ae = train_autoencoder_bundle(
-        wu2020_adata, root / "ae", label_keys=["source"], config="tiny", epochs=5,
+        wu2020_adata, root / "ae", label_keys=["source"], likelihood="mse", config="tiny", epochs=5,
         n_top_genes=200, progress=False,
     )  # fmt: skip
     return train_scdg_bundle(

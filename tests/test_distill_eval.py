@@ -37,8 +37,8 @@ def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill_eval")
     adata = make_toy_adata(n_cells=300, n_genes=80, seed=3)
     ae = train_autoencoder_bundle(
-        adata, root / "ae", label_keys=[LABEL], config="tiny", epochs=2, n_top_genes=60,
-        progress=False, prepare_options={"min_genes_per_cell": 1},
+        adata, root / "ae", label_keys=[LABEL], likelihood="mse", config="tiny", epochs=2,
+        n_top_genes=60, progress=False, prepare_options={"min_genes_per_cell": 1},
     )  # fmt: skip
     scdg = train_scdg_bundle(
         ae, adata, [LABEL], root / "scdg", config="tiny", epochs=2, progress=False

@@ -30,7 +30,7 @@ from cellsynth.training.train_scdg import latent_scale, train_scdg_bundle
 def latent_bundles(tmp_path_factory, wu2020_adata):
     root = tmp_path_factory.mktemp("latent")
     ae = train_autoencoder_bundle(
-        wu2020_adata, root / "ae", label_keys=["source"], config="tiny", epochs=3,
+        wu2020_adata, root / "ae", label_keys=["source"], likelihood="mse", config="tiny", epochs=3,
         n_top_genes=200, triplet_weight=0.5, progress=False,
     )  # fmt: skip
     scdg = train_scdg_bundle(

@@ -2,13 +2,16 @@
 
 autoencoder bundle + the counts it was trained on -> rebuild its split -> encode the training cells
 (eval mode) -> scale codes to unit variance -> DDPM training with x0 prediction (the DiT's trainer)
--> bundle holding the SCDG and, in ``autoencoder/``, a copy of the autoencoder.
+-> bundle holding the SCDG and, in ``autoencoder/``, a copy of the autoencoder. On a count
+autoencoder the bundle also records the training cells' library sizes per label combination
+(:class:`cellsynth.counts.LibraryModel`), which generation draws from.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +23,18 @@ import torch
 
 from cellsynth import datasets
 from cellsynth.bundle import LabelSpec, load_bundle, save_bundle
+from cellsynth.counts import LibraryModel, counts_and_expression
 from cellsynth.errors import DataError
 from cellsynth.heldout import obs_labels, prepare_like
 from cellsynth.schedules import NoiseSchedule
-from cellsynth.training.autoencoder import encode
+from cellsynth.training import training_report
+from cellsynth.training.autoencoder import decode, encode
 from cellsynth.training.scdg import build_scdg
 from cellsynth.training.trainer import TrainConfig, train
+from cellsynth.training.validation import HeldOutValidator, verdict
+
+#: Fewest optimiser steps of a default run (a small data set gets more epochs).
+MIN_STEPS = 3000
 
 
 def latent_scale(codes: np.ndarray) -> float:
@@ -42,12 +51,14 @@ def train_scdg_bundle(
     label_keys: Sequence[str],
     out: str | os.PathLike,
     *,
-    config: str | dict[str, Any] = "small",
-    epochs: int = 100,
+    config: str | dict[str, Any] = "default",
+    epochs: int | None = None,
     batch_size: int = 256,
     learning_rate: float = 1e-3,
     label_dropout: float = 0.1,
     schedule: NoiseSchedule | None = None,
+    validate: bool = True,
+    validate_every: int = 500,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
@@ -65,7 +76,12 @@ def train_scdg_bundle(
     label_keys : sequence of str
         Conditions (any obs columns).
     config : str or dict
-        'small', 'kang', 'tiny' or SCDG options.
+        'default' (hidden 192, 2 blocks), 'small' (512, 4), 'kang', 'tiny' or SCDG options.
+    epochs : int, optional
+        Default: 100, or more on a small data set so that at least 3,000 steps are taken.
+    validate, validate_every : sample cells (decoded, counts drawn for a count autoencoder) and
+        score them against held-out cells every ``validate_every`` steps and at the end; the
+        bundle keeps the best weights (:mod:`cellsynth.training.validation`).
     **train_options
         Further :class:`~cellsynth.training.trainer.TrainConfig` fields (``warmup_steps``,
         ``ema_decay``, ...).
@@ -91,6 +107,11 @@ def train_scdg_bundle(
     )  # [N, K]
     codes = encode(ae.to_torch(), prepared.x_train)  # [N, D]
     scale = latent_scale(codes)
+    latent: dict[str, Any] = {"scale": scale}
+    if ae.architecture.get("likelihood", "mse") != "mse":
+        # A count decoder needs each synthetic cell's library size: a log-normal per label
+        # combination of these training cells.
+        latent["library"] = LibraryModel.fit(prepared.library_train, y, keys).to_dict()
     labels = LabelSpec.from_codes(keys, vocab, y)
     schedule = schedule or NoiseSchedule()
     with torch.random.fork_rng(devices=[]):
@@ -98,8 +119,15 @@ def train_scdg_bundle(
         model = build_scdg(
             config, n_genes=codes.shape[1], label_sizes=labels.sizes, label_dropout=label_dropout
         )
+    if epochs is None:
+        epochs = max(100, -(-MIN_STEPS // -(-len(codes) // batch_size)))
+    test = obs_test_codes(adata, prepared, keys, vocab)
+    validator = (
+        _validator(ae, prepared, y, keys, test, scale, latent, schedule, seed) if validate else None
+    )
     train_config = TrainConfig(
         epochs=epochs,
+        validate_every=validate_every if validator is not None else 0,
         batch_size=batch_size,
         learning_rate=learning_rate,
         prediction_type="sample",
@@ -110,7 +138,18 @@ def train_scdg_bundle(
     )
     started = time.perf_counter()
     ckpt = out.with_name(out.name + ".checkpoint")
-    result = train(model, codes * scale, y, schedule, train_config, checkpoint_dir=ckpt)
+    result = train(
+        model, codes * scale, y, schedule, train_config, checkpoint_dir=ckpt, validator=validator
+    )
+    record = result.record(
+        train_config,
+        data=source,
+        model_config=config,
+        seconds=time.perf_counter() - started,
+        train_options=train_options,
+        n_train_cells=codes.shape[0],
+    )
+    record["verdict"] = verdict(result.best)
     path = save_bundle(
         out,
         kind="latent_diffusion",
@@ -122,16 +161,80 @@ def train_scdg_bundle(
         labels=labels,
         model_state=result.model.state_dict(),
         ema_state=result.ema_state,
-        extra={"latent": {"scale": scale}},
-        training=result.record(
-            train_config,
-            data=source,
-            model_config=config,
-            seconds=time.perf_counter() - started,
-            train_options=train_options,
-            n_train_cells=codes.shape[0],
-        ),
+        extra={"latent": latent},
+        training=record,
+        files=training_report.files(record),
         overwrite=overwrite,
     )
     shutil.rmtree(ckpt, ignore_errors=True)
+    if record["verdict"]:
+        print(f"cellsynth: warning: {record['verdict']}", file=sys.stderr)
     return path
+
+
+def obs_test_codes(
+    adata: anndata.AnnData, prepared: Any, keys: list[str], vocab: dict[str, list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the held-out cells whose labels the model knows, their label codes [n, K])."""
+    obs = obs_labels(adata, prepared.obs_test.index, keys)
+    known = np.ones(len(obs), dtype=bool)
+    codes = np.zeros((len(obs), len(keys)), dtype=np.int64)
+    for j, k in enumerate(keys):
+        values = obs[k].to_numpy()
+        known &= np.isin(values, vocab[k])
+        codes[:, j] = np.searchsorted(vocab[k], values).clip(0, max(len(vocab[k]) - 1, 0))
+    rows = np.flatnonzero(known)
+    return rows, codes[rows]
+
+
+def _validator(
+    ae: Any,
+    prepared: Any,
+    y: np.ndarray,
+    keys: list[str],
+    test: tuple[np.ndarray, np.ndarray],
+    scale: float,
+    latent: dict[str, Any],
+    schedule: NoiseSchedule,
+    seed: int,
+) -> HeldOutValidator | None:
+    """Validation of sampled codes, decoded as generation decodes them, against held-out cells."""
+    rows, test_codes = test
+    if len(rows) < 20:
+        print(
+            f"cellsynth: only {len(rows)} held-out cells: training without validation (the "
+            "last weights are kept)",
+            file=sys.stderr,
+        )
+        return None
+    module = ae.to_torch()
+    counts_model = "library" in latent
+    library = LibraryModel.from_dict(latent["library"]) if counts_model else None
+    threshold = max(0.0, float(ae.config.get("decode", {}).get("zero_threshold", 0.0)))
+    target_sum = float(ae.preprocessing.target_sum)
+
+    def decode_cells(x: np.ndarray, label_codes: np.ndarray) -> np.ndarray:
+        z = np.asarray(x, dtype=np.float32) / np.float32(scale)
+        if not counts_model:
+            return decode(module, z, threshold)
+        with torch.no_grad():
+            rho, theta, pi = module.decode_counts(torch.from_numpy(z))
+        sizes = library.draw(label_codes, seed, 0)
+        _, cells = counts_and_expression(
+            rho.numpy(), theta.numpy(), None if pi is None else pi.numpy(), sizes, target_sum,
+            seed, 0,
+        )  # fmt: skip
+        return cells.toarray()
+
+    return HeldOutValidator(
+        prepared.x_test[rows],
+        test_codes,
+        prepared.x_train,
+        y,
+        schedule,
+        "sample",
+        keys,
+        int(ae.architecture["latent_dim"]),
+        decode=decode_cells,
+        seed=seed,
+    )

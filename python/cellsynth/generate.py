@@ -47,7 +47,12 @@ from cellsynth.backends import load_decoder, load_denoiser
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.chunks import ChunkStore
 from cellsynth.conditions import ConditionValue, assign_labels, composition_labels
-from cellsynth.counts import draw_library_sizes, expression_to_counts
+from cellsynth.counts import (
+    LibraryModel,
+    counts_and_expression,
+    draw_library_sizes,
+    expression_to_counts,
+)
 from cellsynth.errors import BundleError, DataError
 from cellsynth.files import atomic_path
 from cellsynth.h5ad_stream import StreamingH5ADWriter
@@ -77,6 +82,7 @@ def generate(
     composition: str | os.PathLike | anndata.AnnData | None = None,
     shard: tuple[int, int] | None = None,
     counts: bool = False,
+    mean: bool = False,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     chunk_size: int = DEFAULT_CHUNK_CELLS,
@@ -131,7 +137,11 @@ def generate(
         exactly the values an unsharded run (same ``batch_size``) gives them.
     counts : bool
         Also return integer counts in ``layers['counts']``, with library sizes drawn from the
-        training cells' distribution.
+        training cells' distribution. A count model (a latent bundle on a negative-binomial
+        autoencoder) always draws counts (``X`` is derived from them), unless ``mean``.
+    mean : bool
+        Count models only: write the decoder's expected expression as ``X`` instead of a sample
+        of counts (no ``layers['counts']``).
     out : path, optional
         Stream to this .h5ad: chunks are kept on disk as they finish, the file is assembled in
         bounded memory and the result is returned opened in backed mode.
@@ -147,7 +157,9 @@ def generate(
         ``X``: log-normalised expression, CSR float32 [n, G] (negatives truncated to zero; for a
         latent bundle, decoded values below the decoder's zero threshold set to zero);
         ``var_names``: the bundle's genes; ``obs``: one categorical column per label;
-        ``layers['counts']`` (with ``counts``): CSR int32; ``uns['cellsynth']``: provenance
+        ``layers['counts']`` (with ``counts``, and always from a count model): CSR int32; for a
+        count model ``X = log1p(counts / library_size * target_sum)`` with the cell's drawn
+        library size (all genes) in ``obs['library_size']``; ``uns['cellsynth']``: provenance
         (bundle hash, engine, scheduler, spacing, steps, eta, seed, shard, noise, version, ...;
         for a latent bundle also ``kind``, ``latent_scale`` and ``decoder``).
     """
@@ -180,6 +192,16 @@ def generate(
     except BaseException:
         denoiser.close()
         raise
+    count_model = decoder is not None and decoder.counts
+    if mean and not count_model:
+        denoiser.close()
+        if decoder is not None:
+            decoder.close()
+        raise DataError(
+            "mean applies to count models (a latent bundle on a negative-binomial autoencoder); "
+            f"{b.name} writes expression directly"
+        )
+    counts = bool(counts or count_model) and not mean
     if progress:
         print(
             f"cellsynth: engine {denoiser.name} on {denoiser.device}"
@@ -188,8 +210,9 @@ def generate(
             file=sys.stderr,
         )
     run = _Run(
-        b, denoiser, decoder, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size
-    )
+        b, denoiser, decoder, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size,
+        mean,
+    )  # fmt: skip
     settings = {
         "bundle_hash": b.hash,
         "n_cells": int(n_cells),
@@ -205,6 +228,7 @@ def generate(
         "precision": denoiser.details.get("precision"),
         "labels_sha": _labels_digest(codes),
         "counts": bool(counts),
+        "mean": bool(mean),
         "chunk_size": int(chunk_size),
     }
     provenance = {
@@ -217,6 +241,7 @@ def generate(
         "kind": b.kind,
         "latent_scale": decoder.latent_scale if decoder is not None else None,
         "decoder": decoder.describe() if decoder is not None else None,
+        "output": _output_kind(count_model, mean, counts),
         "noise": NOISE,
         "conditions": {
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
@@ -228,6 +253,8 @@ def generate(
     del provenance["labels_sha"]
     provenance = _without_none(provenance)  # .h5ad cannot store None
     obs = _obs(b, codes[lo:hi], lo)
+    if count_model and not mean:
+        obs["library_size"] = run.library.draw(codes[lo:hi], seed, lo).astype(np.float32)
     var = pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene"))
     chunks = chunk_bounds(lo, hi, chunk_size)
     bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
@@ -327,8 +354,14 @@ class _Run:
         seed: int,
         guidance: float,
         batch_size: int,
+        mean: bool = False,
     ) -> None:
         self.b, self.denoiser, self.decoder = b, denoiser, decoder
+        self.count_model = decoder is not None and decoder.counts
+        self.mean = mean
+        self.library = (
+            LibraryModel.from_dict(b.config["latent"]["library"]) if self.count_model else None
+        )
         self.steps, self.seed = steps, seed
         self.guidance, self.batch_size = guidance, batch_size
         self.sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
@@ -336,7 +369,10 @@ class _Run:
         self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
         self.width = b.width  # G, or the latent width D
 
-    def batches(self, codes: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
+    def denoised(
+        self, codes: np.ndarray, start: int, stop: int
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(first cell, end, final model-space values [B, G] or latent codes [B, D]) per batch."""
         for s in range(start, stop, self.batch_size):
             e = min(s + self.batch_size, stop)
             labels = codes[s:e]  # [B, K]
@@ -346,10 +382,17 @@ class _Run:
             x0 = self.denoiser.denoise(
                 self.sched, x_T, labels, null, self.guidance, s, self.step_options
             )  # [B, G] (or [B, D]) float32
+            yield s, e, x0
+
+    def batches(self, codes: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Cells [B, G] float32 (log-normalised expression) of each batch."""
+        for _, _, x0 in self.denoised(codes, start, stop):
             yield x0 if self.decoder is None else self.decoder(x0)  # [B, G] float32
 
     def chunk(self, codes: np.ndarray, start: int, stop: int, counts: bool) -> dict[str, Any]:
         """Cells ``start .. stop - 1``: {'X': CSR float32 [n, G]} (+ 'counts': CSR int32)."""
+        if self.count_model and not self.mean:
+            return self._count_chunk(codes, start, stop)
         X = sp.vstack(
             [sp.csr_matrix(x) for x in self.batches(codes, start, stop)], format="csr"
         ).astype(np.float32)
@@ -359,6 +402,22 @@ class _Run:
             sizes = draw_library_sizes(record.library_size, stop - start, self.seed, start)
             out["counts"] = expression_to_counts(X, sizes, record.target_sum)
         return out
+
+    def _count_chunk(self, codes: np.ndarray, start: int, stop: int) -> dict[str, Any]:
+        """A count model's cells: library sizes and NB counts drawn per cell (keyed); X of them."""
+        xs, cs = [], []
+        for s, e, latents in self.denoised(codes, start, stop):
+            rho, zero_prob = self.decoder.count_parameters(self.decoder.unscale(latents))
+            library = self.library.draw(codes[s:e], self.seed, s)  # [B]
+            c, x = counts_and_expression(
+                rho, self.decoder.theta, zero_prob, library, self.decoder.target_sum, self.seed, s
+            )
+            cs.append(c)
+            xs.append(x)
+        return {
+            "X": sp.vstack(xs, format="csr").astype(np.float32),
+            "counts": sp.vstack(cs, format="csr").astype(np.int32),
+        }
 
 
 def _labels(
@@ -380,6 +439,19 @@ def _labels(
             raise DataError(f"composition file {path} does not exist")
         obs = anndata.read_h5ad(path, backed="r").obs
     return composition_labels(b.labels, obs, n_cells)
+
+
+def _output_kind(count_model: bool, mean: bool, counts: bool) -> str:
+    """What X (and the counts layer) hold, for the provenance."""
+    if count_model:
+        if mean:
+            return "X: the count decoder's expected expression, log1p(share * target_sum)"
+        return (
+            "counts: negative-binomial draws of the count decoder with a drawn library size "
+            "(obs library_size); X: log1p(counts / library_size * target_sum)"
+        )
+    what = "X: the model's log-normalised expression"
+    return what + ("; counts: read back from X with a drawn library size" if counts else "")
 
 
 def _without_none(d: Mapping[str, Any]) -> dict[str, Any]:

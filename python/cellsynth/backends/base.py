@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cellsynth.errors import BundleError
+
 
 class Denoiser(ABC):
     """A bundle's denoiser on one backend.
@@ -125,8 +127,17 @@ class Decoder(ABC):
 
     Latent generation denoises codes with a :class:`Denoiser` and ends with a decoder chosen with
     it (same engine family and device, see :func:`cellsynth.backends.load_decoder`). Backends
-    implement :meth:`run`, the decoder network alone; this class adds what turns its output into
-    cells: values below the autoencoder's ``zero_threshold`` (and negatives) become 0.
+    implement :meth:`run`, the decoder network alone; this class turns its output into cells.
+
+    Two kinds of decoder (``likelihood``):
+
+    - 'mse' (the scDD autoencoder): the network outputs log-normalised expression [B, G]; values
+      below the autoencoder's ``zero_threshold`` (and negatives) become 0 (:meth:`decode`).
+    - 'nb' / 'zinb' (a count autoencoder): the network outputs each gene's expected share of the
+      cell's library, rho [B, G] (and for 'zinb' also the zero probabilities: [B, 2G], rho
+      first); the per-gene inverse dispersion theta [G] is read from the bundle's weights.
+      :meth:`count_parameters` gives (rho, zero probability); generation draws the counts.
+      :meth:`decode` gives the expected expression ``log1p((1 - pi) rho * target_sum)``.
 
     Parameters
     ----------
@@ -141,6 +152,11 @@ class Decoder(ABC):
     name, device, details : as for :class:`Denoiser`.
     n_genes, latent_dim : int
         G and D.
+    likelihood : {'mse', 'nb', 'zinb'}
+    theta : np.ndarray float32 [G] or None
+        The count decoder's inverse dispersion per gene.
+    target_sum : float
+        The preprocessing's normalisation target.
     """
 
     name: str = ""
@@ -150,42 +166,93 @@ class Decoder(ABC):
         arch = autoencoder.architecture
         self.n_genes = int(arch["n_genes"])
         self.latent_dim = int(arch["latent_dim"])
+        self.likelihood = str(arch.get("likelihood", "mse"))
+        self.target_sum = float(autoencoder.preprocessing.target_sum)
         self.zero_threshold = float(autoencoder.config.get("decode", {}).get("zero_threshold", 0))
         self.latent_scale = float(latent_scale)
         if not (np.isfinite(self.latent_scale) and self.latent_scale > 0):
             raise ValueError(f"the latent scale must be a positive number, got {latent_scale}")
+        self.theta = dispersion(autoencoder) if self.counts else None
         self.details: dict[str, Any] = {}
+
+    @property
+    def counts(self) -> bool:
+        """Whether the decoder is a count model (NB / ZINB)."""
+        return self.likelihood in ("nb", "zinb")
 
     @abstractmethod
     def run(self, codes: np.ndarray) -> np.ndarray:
-        """The decoder network's output float32 [B, G] for codes float32 [B, D] (host arrays)."""
+        """The decoder network's output float32 for codes float32 [B, D] (host arrays):
+        expression [B, G] ('mse'), rho [B, G] ('nb') or rho and zero probabilities [B, 2G]."""
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Cells float32 [B, G] >= 0 of autoencoder codes [B, D]: values below the zero threshold
-        (and negatives) set to 0."""
+    def _network(self, codes: np.ndarray) -> np.ndarray:
         codes = np.ascontiguousarray(codes, dtype=np.float32)
         if codes.ndim != 2 or codes.shape[1] != self.latent_dim:
             raise ValueError(f"codes must be [B, {self.latent_dim}], got shape {codes.shape}")
-        out = np.asarray(self.run(codes), dtype=np.float32)  # [B, G]
-        if out.shape != (len(codes), self.n_genes):
-            raise ValueError(f"the decoder returned {out.shape}, expected [B, {self.n_genes}]")
+        out = np.asarray(self.run(codes), dtype=np.float32)
+        width = 2 * self.n_genes if self.likelihood == "zinb" else self.n_genes
+        if out.shape != (len(codes), width):
+            raise ValueError(f"the decoder returned {out.shape}, expected [B, {width}]")
+        return out
+
+    def count_parameters(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rho [B, G], zero probability [B, G] or None) of autoencoder codes [B, D]."""
+        if not self.counts:
+            raise ValueError(f"a {self.likelihood!r} decoder has no count parameters")
+        out = self._network(codes)
+        if self.likelihood == "zinb":
+            return out[:, : self.n_genes], out[:, self.n_genes :]
+        return out, None
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Cells float32 [B, G] >= 0 of autoencoder codes [B, D]: log-normalised expression
+        (an 'mse' decoder's values below the zero threshold, and negatives, set to 0; a count
+        decoder's expected expression)."""
+        if self.counts:
+            rho, pi = self.count_parameters(codes)
+            share = rho if pi is None else rho * (1.0 - pi)
+            return np.log1p(share * np.float32(self.target_sum)).astype(np.float32)
+        out = self._network(codes)
         out[out < max(self.zero_threshold, 0.0)] = 0.0
         return out
 
+    def unscale(self, latents: np.ndarray) -> np.ndarray:
+        """The latent denoiser's final codes [B, D] divided by the latent scale."""
+        return np.asarray(latents, dtype=np.float32) / np.float32(self.latent_scale)
+
     def __call__(self, latents: np.ndarray) -> np.ndarray:
         """Cells [B, G] of the latent denoiser's final codes [B, D] (divided by the scale)."""
-        return self.decode(np.asarray(latents, dtype=np.float32) / np.float32(self.latent_scale))
+        return self.decode(self.unscale(latents))
 
     def close(self) -> None:
         """Free the model or session."""
         return None
 
     def describe(self) -> dict[str, Any]:
-        """Provenance: engine name, device, zero threshold, latent scale and backend details."""
+        """Provenance: engine name, device, likelihood, zero threshold, latent scale, details."""
         return {
             "engine": self.name,
             "device": self.device,
+            "likelihood": self.likelihood,
             "zero_threshold": self.zero_threshold,
             "latent_scale": self.latent_scale,
             **self.details,
         }
+
+
+def dispersion(autoencoder: Any) -> np.ndarray:
+    """A count autoencoder's inverse dispersion theta [G] (float32), read without torch.
+
+    The parameter ``log_theta`` [G + 1] of its ``model.safetensors`` (the last entry belongs to
+    the pooled other genes, which generation does not draw).
+    """
+    from safetensors.numpy import load_file
+
+    from cellsynth.bundle import WEIGHT_FILES
+
+    path = autoencoder.path / WEIGHT_FILES["model"]
+    log_theta = load_file(str(path)).get("log_theta")
+    n_genes = int(autoencoder.architecture["n_genes"])
+    if log_theta is None or log_theta.shape != (n_genes + 1,):
+        raise BundleError(f"{path} holds no log_theta of {n_genes + 1} values for a count decoder")
+    return np.exp(log_theta[:n_genes].astype(np.float64)).astype(np.float32)

@@ -212,19 +212,28 @@ class OnnxRuntimeDecoder(Decoder):
         }
 
     def run(self, codes: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(["x"], {"z": codes})  # [B, G] float32
-        return out
+        (out,) = self.session.run([DECODER_OUTPUTS[self.likelihood]], {"z": codes})
+        return out  # [B, G] float32 ([B, 2G] for zinb)
 
     def close(self) -> None:
         self.session = None
+
+
+#: The decoder file's output by likelihood: expression, NB shares, or NB shares and zero
+#: probabilities side by side ([B, 2G]).
+DECODER_OUTPUTS = {"mse": "x", "nb": "rho", "zinb": "rho_zero_prob"}
 
 
 def _check_decoder(session: Any, path: Path, ae: Bundle, decoder: Decoder) -> None:
     """Refuse a decoder file whose interface or embedded provenance contradicts the bundle."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != ["z"] or outputs != ["x"]:
-        raise BundleError(f"{path} has inputs {inputs} and outputs {outputs}, expected z -> x")
+    expected = DECODER_OUTPUTS.get(decoder.likelihood)
+    if inputs != ["z"] or outputs != [expected]:
+        raise BundleError(
+            f"{path} has inputs {inputs} and outputs {outputs}, expected z -> {expected} (a "
+            f"{decoder.likelihood} decoder)"
+        )
     meta = session.get_modelmeta().custom_metadata_map
     problems = []
     if meta.get("bundle_hash") != ae.hash:

@@ -146,7 +146,11 @@ class TorchDecoder(Decoder):
     def run(self, codes: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             z = self._torch.from_numpy(codes).to(self._dev)  # [B, D]
-            return self.model.decode(z).float().cpu().numpy()  # [B, G]
+            if not self.counts:
+                return self.model.decode(z).float().cpu().numpy()  # [B, G]
+            rho, _, pi = self.model.decode_counts(z)  # [B, G], [G], [B, G] or None
+            out = rho if pi is None else self._torch.cat([rho, pi], dim=1)
+            return out.float().cpu().numpy()  # [B, G] or [B, 2G]
 
     def close(self) -> None:
         self.model = None

@@ -68,7 +68,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--counts",
         action="store_true",
-        help="also write integer counts to layers['counts'] (library sizes drawn from training)",
+        help="also write integer counts to layers['counts'] (library sizes drawn from training); "
+        "count models (latent bundles on a negative-binomial autoencoder) always do",
+    )
+    p.add_argument(
+        "--mean",
+        action="store_true",
+        help="count models: write the decoder's expected expression instead of sampled counts",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run with the same settings"
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
         composition=args.composition,
         shard=parse_shard(args.shard) if args.shard else None,
         counts=args.counts,
+        mean=args.mean,
         out=args.out,
         resume=args.resume,
         chunk_size=args.chunk_size,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from cellsynth.data.genes import DEFAULT_MIN_DETECTION_RATE, GENE_SELECTION_METHODS, select_genes
 from cellsynth.data.io import extract_counts
@@ -42,6 +43,10 @@ class PreparedData:
         Label codes, K = len(label_keys).
     obs_train, obs_test : pandas.DataFrame, shape [n_train, K] and [n_test, K]
         The labels as categoricals, indexed by the original cell names.
+    counts_train, counts_test : scipy.sparse.csr_matrix, float32, [n_train, G] and [n_test, G]
+        The raw counts of the selected genes (what count-likelihood models are trained on).
+    library_train, library_test : np.ndarray, float32, [n_train] and [n_test]
+        Library sizes: total counts over all genes, the size ``x`` was normalised by.
     """
 
     record: PreprocessingRecord
@@ -53,6 +58,10 @@ class PreparedData:
     y_test: np.ndarray
     obs_train: pd.DataFrame
     obs_test: pd.DataFrame
+    counts_train: sp.csr_matrix | None = None
+    counts_test: sp.csr_matrix | None = None
+    library_train: np.ndarray | None = None
+    library_test: np.ndarray | None = None
 
     @property
     def genes(self) -> list[str]:
@@ -200,6 +209,8 @@ def prepare(
         )
     ]
     dense = lognorm[:, chosen].toarray()
+    chosen_counts = sp.csr_matrix(x[:, chosen], dtype=np.float32)
+    totals = library_sizes(x)
 
     record = PreprocessingRecord(
         counts_source=source,
@@ -239,4 +250,8 @@ def prepare(
         y_test=codes[test],
         obs_train=labels_frame(train),
         obs_test=labels_frame(test),
+        counts_train=chosen_counts[train],
+        counts_test=chosen_counts[test],
+        library_train=totals[train],
+        library_test=totals[test],
     )
