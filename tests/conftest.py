@@ -95,8 +95,12 @@ def make_toy():
 
 TINY_DIT = dict(patch_size=5, hidden_size=32, depth=1, num_heads=2, mlp_ratio=2.0)
 # train_dit_bundle options for a tiny model on make_toy_adata counts (seconds on 2 cores).
+# The paper's epsilon prediction and zero value (the tests' expectations were written for them;
+# the defaults a user gets are tested by the CLI tests).
 TINY_TRAINING = dict(
     config=TINY_DIT,
+    prediction_type="epsilon",
+    zero_value=-10.0,
     epochs=2,
     batch_size=32,
     progress=False,
@@ -150,6 +154,7 @@ def tiny_scdg_bundle(wu2020_adata, tmp_path_factory: pytest.TempPathFactory):
         wu2020_adata,
         root / "tiny-ae",
         label_keys=["source"],
+        likelihood="mse",
         config="tiny",
         epochs=2,
         n_top_genes=200,

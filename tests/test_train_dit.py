@@ -57,3 +57,60 @@ def test_bundle_records_training_provenance(tiny_bundle: Path) -> None:
 def test_existing_output_is_not_overwritten(tiny_bundle: Path) -> None:
     with pytest.raises(FileExistsError, match="already exists"):
         pipeline.train_dit_bundle(make_toy_adata(), ["cell_type"], tiny_bundle, **OPTIONS)
+
+
+def test_bundle_keeps_its_validation_and_report_files(tiny_bundle: Path) -> None:
+    training = cellsynth.load_bundle(tiny_bundle).config["training"]
+    assert training["validation"] and training["best"]["step"] == training["steps"]
+    best = training["best"]
+    assert 0.0 <= best["knn_auc"] <= 1.0 and 0.0 <= best["label_accuracy"] <= 1.0
+    assert best["knn_auc_floor"] < 0.75 and best["n_cells"] == training["n_test_cells"]
+    assert "verdict" in training and training["split_and_qc"]["n_test"] > 0
+    assert (tiny_bundle / "training.json").is_file() and (tiny_bundle / "training.png").is_file()
+
+
+def test_training_without_validation_keeps_the_last_weights(tmp_path: Path) -> None:
+    adata = make_toy_adata(n_cells=80, n_genes=60)
+    out = pipeline.train_dit_bundle(adata, ["cell_type"], tmp_path / "b", validate=False,
+                                    **dict(OPTIONS, n_top_genes=40))  # fmt: skip
+    training = cellsynth.load_bundle(out).config["training"]
+    assert "validation" not in training and training["verdict"] is None
+
+
+def test_too_few_held_out_cells_skip_validation(tmp_path: Path, capsys) -> None:
+    adata = make_toy_adata(n_cells=60, n_genes=60)
+    options = dict(OPTIONS, n_top_genes=40, prepare_options=dict(min_genes_per_cell=10,
+                                                                 test_fraction=0.1))  # fmt: skip
+    out = pipeline.train_dit_bundle(adata, ["cell_type"], tmp_path / "b", **options)
+    assert "without validation" in capsys.readouterr().err
+    assert "validation" not in cellsynth.load_bundle(out).config["training"]
+
+
+def test_verdict_names_what_is_wrong() -> None:
+    from cellsynth.training.validation import verdict
+
+    good = {"knn_auc": 0.58, "knn_auc_floor": 0.5, "label_accuracy": 0.9,
+            "label_accuracy_floor": 0.95}  # fmt: skip
+    assert verdict(good) is None and verdict(None) is None
+    far = verdict({**good, "knn_auc": 0.93})
+    assert "easy to tell" in far and "0.93" in far and "--time-budget" in far
+    wrong = verdict({**good, "label_accuracy": 0.40})
+    assert "labels are often wrong" in wrong and "40%" in wrong
+
+
+def test_auto_config_sizes_patches_to_the_genes() -> None:
+    from cellsynth.training.dit import auto_config
+
+    assert auto_config(2000)["patch_size"] == 50 and auto_config(2000)["hidden_size"] == 128
+    assert auto_config(100)["patch_size"] == 3 and auto_config(30)["patch_size"] == 1
+    assert auto_config(2000, "cuda:0")["hidden_size"] == 384
+
+
+def test_time_budget_parsing() -> None:
+    from cellsynth.cli.train import parse_duration
+
+    assert parse_duration("900") == 900 and parse_duration("15m") == 900
+    assert parse_duration("1.5h") == 5400 and parse_duration("none") is None
+    for bad in ("fast", "-3m", "m"):
+        with pytest.raises(ValueError, match="time-budget"):
+            parse_duration(bad)

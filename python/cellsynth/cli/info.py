@@ -79,12 +79,10 @@ def describe(bundle: Bundle) -> str:
         )
         lines.append(
             f"autoencoder  {ae.path.name}/ (hash {ae.hash[:16]}, "
-            f"{parameter_count(ae):,} parameters, decoder zero threshold "
-            f"{float(ae.config.get('decode', {}).get('zero_threshold', 0.0)):.4g})"
+            f"{parameter_count(ae):,} parameters, {_decoder(ae.config)})"
         )
     elif bundle.kind == "autoencoder":
-        threshold = float(cfg.get("decode", {}).get("zero_threshold", 0.0))
-        lines.append(f"decode       values below {threshold:.4g} become 0")
+        lines.append(f"decode       {_decoder(cfg)}")
     if spec.keys:
         for key, size in zip(spec.keys, spec.sizes, strict=True):
             vocab = spec.vocabularies[key]
@@ -98,11 +96,12 @@ def describe(bundle: Bundle) -> str:
         last = f", final loss {hist[-1].get('loss'):.4f}" if hist and "loss" in hist[-1] else ""
         lines.append(
             f"training     data {train.get('data')}, {train.get('n_train_cells')} cells, "
-            f"{train.get('epochs')} epochs"
-            + (f" ({train['steps']} steps)" if train.get("steps") is not None else "")
+            + (f"{train['epochs']} epochs " if train.get("epochs") is not None else "")
+            + (f"({train['steps']} steps)" if train.get("steps") is not None else "")
             + f"{last}, "
             f"{train.get('seconds')} s on {train.get('device')}"
         )
+    lines.extend(_describe_validation(train))
     files = [WEIGHT_FILES[w] for w in KIND_WEIGHTS[bundle.kind]]
     sizes = ", ".join(f"{f} {(bundle.path / f).stat().st_size / 1e6:.1f} MB" for f in files)
     lines.append(f"files        config.json, {sizes}")
@@ -111,6 +110,34 @@ def describe(bundle: Bundle) -> str:
         ae = bundle.autoencoder
         lines.extend(_describe_exports(ae, prefix=f"{ae.path.name}/", none_line=False))
     return "\n".join(lines)
+
+
+def _decoder(cfg: dict) -> str:
+    """How an autoencoder turns codes into cells."""
+    decode = cfg.get("decode", {})
+    likelihood = decode.get("likelihood", cfg["architecture"].get("likelihood", "mse"))
+    if likelihood in ("nb", "zinb"):
+        name = "negative binomial" if likelihood == "nb" else "zero-inflated negative binomial"
+        return f"{name} decoder over counts"
+    return f"decoder values below {float(decode.get('zero_threshold', 0.0)):.4g} become 0"
+
+
+def _describe_validation(train: dict) -> list[str]:
+    """The best validation on held-out cells (the weights the bundle keeps) and any warning."""
+    best = train.get("best")
+    if not best or best.get("knn_auc") is None:
+        return []
+    acc = best.get("label_accuracy")
+    line = (
+        f"validation   step {best['step']} (kept): kNN AUC {best['knn_auc']:.3f} "
+        f"(real cells {best['knn_auc_floor']:.3f}), PCA-MMD2 {best['mmd2_rbf_pca']:.2g}"
+    )
+    if acc is not None:
+        line += f", label accuracy {acc:.3f} (real cells {best['label_accuracy_floor']:.3f})"
+    lines = [line]
+    if train.get("verdict"):
+        lines.append(f"warning      {train['verdict']}")
+    return lines
 
 
 def _describe_exports(bundle: Bundle, prefix: str = "", none_line: bool = True) -> list[str]:
