@@ -40,8 +40,10 @@ def test_mmd2_unbiased_matches_double_loop() -> None:
 
 def test_mmd2_unbiased_zero_in_expectation_and_positive_for_shift() -> None:
     rng = np.random.default_rng(1)
-    same = [sound.mmd2_unbiased(rng.normal(size=(60, 4)), rng.normal(size=(60, 4)), 4.0)
-            for _ in range(20)]
+    same = [
+        sound.mmd2_unbiased(rng.normal(size=(60, 4)), rng.normal(size=(60, 4)), 4.0)
+        for _ in range(20)
+    ]
     # Unbiased: same-distribution values scatter around 0, both signs.
     assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))
     assert min(same) < 0 < max(same)
@@ -110,9 +112,13 @@ def test_gene_stat_agreement_matches_naive() -> None:
         "zero_fraction": ((real == 0).mean(0), (syn == 0).mean(0)),
     }
     keep = np.arange(12) != 3
-    naive["cv"] = tuple(s[keep] for s in (real.std(0) / np.where(real.mean(0) > 0,
-                                                                 real.mean(0), 1),
-                                          syn.std(0) / syn.mean(0)))
+    naive["cv"] = tuple(
+        s[keep]
+        for s in (
+            real.std(0) / np.where(real.mean(0) > 0, real.mean(0), 1),
+            syn.std(0) / syn.mean(0),
+        )
+    )
     for stat, (a, b) in naive.items():
         assert out[f"gene_{stat}_pearson"] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-8)
         assert out[f"gene_{stat}_rmse"] == pytest.approx(np.sqrt(np.mean((a - b) ** 2)), abs=1e-8)
@@ -195,8 +201,15 @@ def _cells(rng: np.random.Generator, n_per: dict[str, int], shift: float = 0.0):
     return np.concatenate(xs).astype(np.float32), np.array(labels)
 
 
-_SMALL = dict(n_components=5, paper_max_cells=100, w2_max_cells=100, sliced_projections=50,
-              knn_max_cells=200, gene_chunk=10, min_cells=20)
+_SMALL = dict(
+    n_components=5,
+    paper_max_cells=100,
+    w2_max_cells=100,
+    sliced_projections=50,
+    knn_max_cells=200,
+    gene_chunk=10,
+    min_cells=20,
+)
 
 
 def test_compute_metrics_structure_and_floor() -> None:
@@ -211,8 +224,13 @@ def test_compute_metrics_structure_and_floor() -> None:
         assert set(vf) == {"value", "floor"} and np.isfinite(vf["value"]), name
     m = out["metrics"]
     # A shifted generator is farther from real cells than real cells are from each other.
-    for name in ("paper_mmd_multikernel", "mmd2_rbf_pca", "w2_pca", "sliced_w2_pca",
-                 "gene_mean_rmse"):
+    for name in (
+        "paper_mmd_multikernel",
+        "mmd2_rbf_pca",
+        "w2_pca",
+        "sliced_w2_pca",
+        "gene_mean_rmse",
+    ):
         assert m[name]["value"] > m[name]["floor"], name
     assert m["knn_auc"]["value"] > m["knn_auc"]["floor"] + 0.05
     assert abs(m["knn_auc"]["floor"] - 0.5) < 0.1
