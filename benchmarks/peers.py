@@ -6,8 +6,9 @@ for a requested label mix; the benchmark normalises every generator's output the
 - :class:`ScviPeer`: scVI as a user of scvi-tools would train it (its defaults: ZINB likelihood,
   10-d latent, one hidden layer of 128; its own default number of epochs with early stopping on
   the validation ELBO). scVI is not class-conditional, so cells of a label combination are drawn
-  honestly from what it learned: a Gaussian (mean, full covariance) fitted to the latent means of
-  the training cells of that combination, decoded, a library size drawn from a log-normal fitted to
+  honestly from what it learned: a Gaussian fitted to the combination's part of scVI's aggregate
+  posterior (mean and covariance of the training cells' latent means, plus their mean posterior
+  variance), decoded, a library size drawn from a log-normal fitted to
   the combination's training library sizes, counts sampled from the ZINB likelihood.
 - :class:`IndependentNBPeer`: each gene of each label combination an independent negative
   binomial fitted by moments to the training counts (Poisson where the counts are not
@@ -78,12 +79,18 @@ class ScviPeer:
             "n_latent": int(self.model.module.n_latent),
             "gene_likelihood": self.model.module.gene_likelihood,
         }
+        # The class's share of scVI's aggregate posterior, as a Gaussian: the spread of the
+        # cells' posterior means plus the mean posterior variance (fitting the means alone
+        # would make scVI's cells too alike).
         latent = self.model.get_latent_representation()  # [n, 10] posterior means
+        qz = self.model.get_latent_representation(return_dist=True)
+        variance = np.asarray(qz[1], dtype=np.float64)  # [n, 10] posterior variances
         groups = combination(obs, keys)
         self.gaussians = {}
         for g in set(groups):
             z = latent[groups == g].astype(np.float64)
             cov = np.cov(z, rowvar=False) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
+            cov = cov + np.diag(variance[groups == g].mean(axis=0))
             self.gaussians[g] = (z.mean(axis=0), cov + 1e-6 * np.eye(z.shape[1]))
         self.library = _log_library_fit(counts, groups)
         return seconds
@@ -92,6 +99,7 @@ class ScviPeer:
         """Counts CSR [n, G] for cells of the given joint labels [n]."""
         import torch
 
+        torch.set_num_threads(1)  # cells/s are reported for one thread
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         n = len(groups)

@@ -64,7 +64,8 @@ def test_bundle_keeps_its_validation_and_report_files(tiny_bundle: Path) -> None
     assert training["validation"] and training["best"]["step"] == training["steps"]
     best = training["best"]
     assert 0.0 <= best["knn_auc"] <= 1.0 and 0.0 <= best["label_accuracy"] <= 1.0
-    assert best["knn_auc_floor"] < 0.75 and best["n_cells"] == training["n_test_cells"]
+    assert best["knn_auc_floor"] < 0.75 and best["n_cells"] == training["n_validation_cells"]
+    assert training["n_validation_cells"] == 20  # held back from the training split
     assert "verdict" in training and training["split_and_qc"]["n_test"] > 0
     assert (tiny_bundle / "training.json").is_file() and (tiny_bundle / "training.png").is_file()
 

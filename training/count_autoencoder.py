@@ -349,14 +349,28 @@ def train_count_autoencoder(
     Shuffles, latent noise and dropout draw from generators seeded by ``config.seed``. Returns
     the per-epoch history (mean NLL and KL per cell, validation NLL, seconds).
     """
-    from tqdm.auto import tqdm
-
     x, counts, library = _check_inputs(model, x, counts, library)
     device = resolve_device(config.device)
     held, keep = _validation_rows(len(x), config.validation_fraction, config.seed)
     val = (x[held], counts[held], library[held]) if len(held) else None
     x, counts, library = x[keep], counts[keep], library[keep]
-    torch.manual_seed(config.seed)  # dropout masks
+    with torch.random.fork_rng(devices=[]):  # dropout masks, seeded; the caller's RNG untouched
+        torch.manual_seed(config.seed)
+        return _fit(model, x, counts, library, val, config, device)
+
+
+def _fit(
+    model: CountAutoEncoder,
+    x: np.ndarray,
+    counts: np.ndarray,
+    library: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    config: CountTraining,
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """The training loop of :func:`train_count_autoencoder` (inputs checked, split done)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     with torch.no_grad():

@@ -141,7 +141,9 @@ def train_autoencoder_bundle(
         )
     else:
         model, training, extra = _fit_counts(
-            **common, overrides={**overrides, "likelihood": likelihood}, kl_weight=kl_weight
+            **common,
+            overrides={**overrides, "likelihood": likelihood, "variational": kl_weight > 0},
+            kl_weight=kl_weight,
         )
     return save_bundle(
         out,

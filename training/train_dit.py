@@ -28,7 +28,7 @@ from cellsynth.training import training_report
 from cellsynth.training.device import resolve_device
 from cellsynth.training.dit import auto_config, build_dit, correlated_gene_order
 from cellsynth.training.trainer import TrainConfig, train
-from cellsynth.training.validation import HeldOutValidator, verdict
+from cellsynth.training.validation import HeldOutValidator, validation_split, verdict
 
 
 def default_checkpoint_dir(out: str | os.PathLike) -> Path:
@@ -105,10 +105,11 @@ def train_dit_bundle(
 
     The run ends at the first of ``epochs``, ``max_steps`` and ``time_budget_s`` (default 15
     minutes). Every ``validate_every`` steps and at the end, a few hundred cells are sampled
-    from the EMA weights and compared with held-out cells (:mod:`cellsynth.training.validation`);
-    the bundle keeps the best-scoring weights, records the curve (``training.json``,
+    from the EMA weights and compared with validation cells, 10% of the training split held back
+    from training (:mod:`cellsynth.training.validation`; the test split stays unseen); the
+    bundle keeps the best-scoring weights, records the curve (``training.json``,
     ``training.png`` in the bundle) and a warning is printed when the model is far from real
-    cells. ``validate=False`` (or fewer than 20 held-out cells) keeps the last weights.
+    cells. ``validate=False`` (or too few training cells) keeps the last weights.
 
     ``gene_order`` 'cluster' lets each DiT patch hold genes that vary together in the training
     cells (:func:`dit.correlated_gene_order`; stored in the model, invisible to the user);
@@ -164,7 +165,20 @@ def train_dit_bundle(
             label_dropout=label_dropout,
             **({"gene_order": order} if order is not None else {}),
         )
-    validator = _validator(prepared, schedule, prediction_type, model, seed) if validate else None
+    x_train, y_train = prepared.x_train, prepared.y_train
+    validator, n_validation = None, 0
+    if validate:
+        held = validation_split(y_train, seed=seed)
+        if held is None:
+            print(
+                f"cellsynth: only {len(y_train)} training cells: training without validation "
+                "(the last weights are kept)",
+                file=sys.stderr,
+            )
+        else:
+            keep, check = held
+            validator = _validator(prepared, keep, check, schedule, prediction_type, model, seed)
+            x_train, y_train, n_validation = x_train[keep], y_train[keep], len(check)
     train_config = TrainConfig(
         epochs=epochs,
         max_steps=max_steps,
@@ -182,8 +196,8 @@ def train_dit_bundle(
     started = time.perf_counter()
     result = train(
         model,
-        zero_negate(prepared.x_train, zero_value),
-        prepared.y_train,
+        zero_negate(x_train, zero_value),
+        y_train,
         schedule,
         train_config,
         checkpoint_dir=ckpt,
@@ -196,10 +210,11 @@ def train_dit_bundle(
         model_config=config,
         seconds=time.perf_counter() - started,
         train_options=train_options,
-        n_train_cells=prepared.x_train.shape[0],
+        n_train_cells=len(x_train),
+        n_validation_cells=n_validation,
         n_test_cells=prepared.x_test.shape[0],
     )
-    record["split_and_qc"] = split_and_qc(prepared)
+    record["split_and_qc"] = split_and_qc(prepared, n_validation)
     record["verdict"] = verdict(result.best)
     path = save_bundle(
         out,
@@ -222,29 +237,29 @@ def train_dit_bundle(
 
 
 def _validator(
-    prepared: Any, schedule: NoiseSchedule, prediction_type: str, model: Any, seed: int
-) -> HeldOutValidator | None:
-    """Validation on the held-out split, or None (with a note) when it is too small.
+    prepared: Any,
+    keep: np.ndarray,
+    check: np.ndarray,
+    schedule: NoiseSchedule,
+    prediction_type: str,
+    model: Any,
+    seed: int,
+) -> HeldOutValidator:
+    """Validation on training cells held back from training (``check``; never the test split).
 
     300 cells for a model the size of ``auto``'s on 2,000 genes; fewer (down to 60) for a model
     that costs more per cell (tokens x width^2 x depth), so that a validation stays a few
     seconds of a CPU's time.
     """
-    if len(prepared.x_test) < 20:
-        print(
-            f"cellsynth: only {len(prepared.x_test)} held-out cells: training without "
-            "validation (the last weights are kept)",
-            file=sys.stderr,
-        )
-        return None
     cost = model.n_tokens * model.hidden_size**2 * max(1, len(model.blocks))
     reference = 40 * 128**2 * 3  # auto's model on 2,000 genes
     n_cells = int(np.clip(300 * reference / cost, 60, 300))
+    x, y = prepared.x_train, prepared.y_train
     return HeldOutValidator(
-        prepared.x_test,
-        prepared.y_test,
-        prepared.x_train,
-        prepared.y_train,
+        x[check],
+        y[check],
+        x[keep],
+        y[keep],
         schedule,
         prediction_type,
         prepared.label_keys,
@@ -254,18 +269,17 @@ def _validator(
     )
 
 
-def split_and_qc(prepared: Any) -> dict[str, Any]:
+def split_and_qc(prepared: Any, n_validation: int = 0) -> dict[str, Any]:
     """What the split and the QC did, for the record and the user."""
     record = prepared.record
+    cells_in = min(record.n_cells_input, record.max_cells or record.n_cells_input)
     return {
         "test_fraction": record.split.test_fraction,
-        "n_train": int(record.split.n_train),
+        "n_train": int(record.split.n_train) - int(n_validation),
+        "n_validation": int(n_validation),
         "n_test": int(record.split.n_test),
         "min_genes_per_cell": record.min_genes_per_cell,
         "min_cells_per_gene": record.min_cells_per_gene,
-        "cells_in": int(record.n_cells_input if record.max_cells is None else record.max_cells),
-        "cells_removed_by_qc": int(
-            min(record.n_cells_input, record.max_cells or record.n_cells_input)
-            - record.n_cells_after_qc
-        ),
+        "cells_in": int(cells_in),
+        "cells_removed_by_qc": int(cells_in - record.n_cells_after_qc),
     }

@@ -31,7 +31,7 @@ from cellsynth.training import training_report
 from cellsynth.training.autoencoder import decode, encode
 from cellsynth.training.scdg import build_scdg
 from cellsynth.training.trainer import TrainConfig, train
-from cellsynth.training.validation import HeldOutValidator, verdict
+from cellsynth.training.validation import HeldOutValidator, validation_split, verdict
 
 #: Fewest optimiser steps of a default run (a small data set gets more epochs).
 MIN_STEPS = 3000
@@ -80,8 +80,9 @@ def train_scdg_bundle(
     epochs : int, optional
         Default: 100, or more on a small data set so that at least 3,000 steps are taken.
     validate, validate_every : sample cells (decoded, counts drawn for a count autoencoder) and
-        score them against held-out cells every ``validate_every`` steps and at the end; the
-        bundle keeps the best weights (:mod:`cellsynth.training.validation`).
+        score them every ``validate_every`` steps and at the end against 10% of the training
+        cells held back from the SCDG's training (the test split stays unseen); the bundle
+        keeps the best weights (:mod:`cellsynth.training.validation`).
     **train_options
         Further :class:`~cellsynth.training.trainer.TrainConfig` fields (``warmup_steps``,
         ``ema_decay``, ...).
@@ -121,10 +122,19 @@ def train_scdg_bundle(
         )
     if epochs is None:
         epochs = max(100, -(-MIN_STEPS // -(-len(codes) // batch_size)))
-    test = obs_test_codes(adata, prepared, keys, vocab)
-    validator = (
-        _validator(ae, prepared, y, keys, test, scale, latent, schedule, seed) if validate else None
-    )
+    keep, validator = np.arange(len(codes)), None
+    if validate:
+        held = validation_split(y, seed=seed)
+        if held is None:
+            print(
+                f"cellsynth: only {len(y)} training cells: training without validation (the "
+                "last weights are kept)",
+                file=sys.stderr,
+            )
+        else:
+            keep, check = held
+            validator = _validator(ae, prepared, y, keys, keep, check, scale, latent, schedule,
+                                   seed)  # fmt: skip
     train_config = TrainConfig(
         epochs=epochs,
         validate_every=validate_every if validator is not None else 0,
@@ -139,7 +149,13 @@ def train_scdg_bundle(
     started = time.perf_counter()
     ckpt = out.with_name(out.name + ".checkpoint")
     result = train(
-        model, codes * scale, y, schedule, train_config, checkpoint_dir=ckpt, validator=validator
+        model,
+        codes[keep] * scale,
+        y[keep],
+        schedule,
+        train_config,
+        checkpoint_dir=ckpt,
+        validator=validator,
     )
     record = result.record(
         train_config,
@@ -147,7 +163,8 @@ def train_scdg_bundle(
         model_config=config,
         seconds=time.perf_counter() - started,
         train_options=train_options,
-        n_train_cells=codes.shape[0],
+        n_train_cells=len(keep),
+        n_validation_cells=len(codes) - len(keep),
     )
     record["verdict"] = verdict(result.best)
     path = save_bundle(
@@ -172,41 +189,20 @@ def train_scdg_bundle(
     return path
 
 
-def obs_test_codes(
-    adata: anndata.AnnData, prepared: Any, keys: list[str], vocab: dict[str, list[str]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of the held-out cells whose labels the model knows, their label codes [n, K])."""
-    obs = obs_labels(adata, prepared.obs_test.index, keys)
-    known = np.ones(len(obs), dtype=bool)
-    codes = np.zeros((len(obs), len(keys)), dtype=np.int64)
-    for j, k in enumerate(keys):
-        values = obs[k].to_numpy()
-        known &= np.isin(values, vocab[k])
-        codes[:, j] = np.searchsorted(vocab[k], values).clip(0, max(len(vocab[k]) - 1, 0))
-    rows = np.flatnonzero(known)
-    return rows, codes[rows]
-
-
 def _validator(
     ae: Any,
     prepared: Any,
     y: np.ndarray,
     keys: list[str],
-    test: tuple[np.ndarray, np.ndarray],
+    keep: np.ndarray,
+    check: np.ndarray,
     scale: float,
     latent: dict[str, Any],
     schedule: NoiseSchedule,
     seed: int,
-) -> HeldOutValidator | None:
-    """Validation of sampled codes, decoded as generation decodes them, against held-out cells."""
-    rows, test_codes = test
-    if len(rows) < 20:
-        print(
-            f"cellsynth: only {len(rows)} held-out cells: training without validation (the "
-            "last weights are kept)",
-            file=sys.stderr,
-        )
-        return None
+) -> HeldOutValidator:
+    """Validation of sampled codes, decoded as generation decodes them, against training cells
+    held back from the SCDG's training (``check``; never the test split)."""
     module = ae.to_torch()
     counts_model = "library" in latent
     library = LibraryModel.from_dict(latent["library"]) if counts_model else None
@@ -227,10 +223,10 @@ def _validator(
         return cells.toarray()
 
     return HeldOutValidator(
-        prepared.x_test[rows],
-        test_codes,
-        prepared.x_train,
-        y,
+        prepared.x_train[check],
+        y[check],
+        prepared.x_train[keep],
+        y[keep],
         schedule,
         "sample",
         keys,

@@ -10,7 +10,9 @@ the epoch shuffles, one on the training device for timesteps, noise and label dr
 seed on the same CPU gives bit-identical weights. A checkpoint written after an epoch holds the
 model, optimiser, LR scheduler, EMA, counters and every RNG state (stored as tensors and plain
 numbers so ``torch.load(weights_only=True)`` can read it); resuming from it reproduces the
-uninterrupted run bit for bit.
+uninterrupted run bit for bit. Two exceptions: a time-budgeted run (its length depends on the
+machine's speed), and extending a run that ended inside an epoch (by max_steps or its budget):
+the extension starts a fresh epoch order where the run stopped.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 # TrainConfig fields that must equal the checkpoint's for a resume to make sense. The others
-# (epochs, device, mixed_precision, progress, checkpoint_every_epochs) may change: more epochs
-# extend the run, with the cosine LR schedule recomputed over the new total.
+# (epochs, max_steps, time_budget_s, validate_every, device, mixed_precision, progress,
+# checkpoint_every_epochs) may change: a longer run extends it, with the cosine LR schedule
+# recomputed over the new total.
 _RESUME_MUST_MATCH = (
     "batch_size",
     "learning_rate",
@@ -444,6 +447,11 @@ def _check_resume(
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: the training config changed ({detail})")
+    if config.max_steps is not None and ckpt["step"] > config.max_steps:
+        raise ValueError(
+            f"cannot resume from {path}: it has already taken {ckpt['step']} steps, more than "
+            f"the {config.max_steps} asked for"
+        )
     if config.epochs is not None and ckpt["epoch"] > config.epochs:
         raise ValueError(
             f"cannot resume from {path}: it has already trained {ckpt['epoch']} epochs, more than "
@@ -494,8 +502,9 @@ def train(
     resume : bool
         If True and ``checkpoint_dir`` holds a checkpoint, continue from it: the final weights are
         bit-identical (on the same device) to those of an uninterrupted run (not for a time
-        budget, whose length depends on the machine's speed). Without a checkpoint training
-        starts from scratch.
+        budget, whose length depends on the machine's speed, nor when extending a run that
+        ended inside an epoch; see the module docstring). Without a checkpoint training starts
+        from scratch.
     callback : callable, optional
         Called after each epoch (after its checkpoint) with that epoch's history row; returning
         True stops training there (a checkpoint is written if one is due).
@@ -604,8 +613,8 @@ class _Run:
             list(ckpt["history"]),
         )
         extra = ckpt.get("run", {})
-        if self.config.time_budget_s is not None and "total_steps" in extra:
-            self.total_steps, self.measured = int(extra["total_steps"]), True
+        # A time budget is refitted from this process's speed (the budget counts the seconds
+        # before the interruption too, so a resume with a larger budget continues the run).
         self.seconds_before = float(extra.get("seconds", 0.0))
         self.validation = list(extra.get("validation", []))
         self.best = extra.get("best")
@@ -720,6 +729,7 @@ class _Run:
         )
         postfix: dict[str, str] = {}
         timed_from: tuple[int, float] | None = None
+        first_step = self.step
         self.model.train()
         epoch = self.start_epoch
         try:
@@ -738,8 +748,8 @@ class _Run:
                     loss_sum += loss * len(idx)
                     cells += len(idx)
                     if not self.measured:
-                        # Time steps 3..22 (the first ones pay for allocation and warm-up).
-                        if self.step == 2:
+                        # Time this process's steps 3..22 (the first ones pay for allocation).
+                        if self.step == first_step + 2:
                             timed_from = (self.step, time.perf_counter())
                         elif timed_from and self.step == timed_from[0] + 20:
                             self.fit_budget((time.perf_counter() - timed_from[1]) / 20)
@@ -759,10 +769,10 @@ class _Run:
                             bar.total = self.total_steps
                     if config.progress and (i % 10 == 0 or self.step == self.total_steps):
                         bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1, **postfix)
-                    if config.time_budget_s is not None and self.measured:
+                    if config.time_budget_s is not None:
                         if self.seconds() > config.time_budget_s:
                             self.total_steps = self.step  # out of time: end the run here
-                        elif self.step % 50 == 0:  # the machine's speed drifts: refit
+                        elif self.measured and self.step % 50 == 0:  # speed drifts: refit
                             self.fit_budget(_mean_step_seconds(self))
                             bar.total = self.total_steps
                 mean_loss = float(loss_sum / max(cells, 1))

@@ -2,11 +2,15 @@
 
 A loss curve does not say whether the cells are usable: a denoiser's MSE keeps falling while its
 samples stay easy to tell from real cells. :class:`HeldOutValidator` therefore does what a user
-would do with the model, at a small scale: it samples a few hundred cells with the held-out
+would do with the model, at a small scale: it samples a few hundred cells with the validation
 cells' label mix (DPM-Solver++, 20 steps, the C++ scheduler), and scores them against those
-held-out cells with :func:`cellsynth.metrics.compute_metrics` (kNN two-sample AUC, PCA-MMD²,
-label transfer), beside the same numbers for as many real training cells of the same label mix
-(the floor). The trainer keeps the weights with the best score.
+cells with :func:`cellsynth.metrics.compute_metrics` (kNN two-sample AUC, PCA-MMD², label
+transfer), beside the same numbers for as many real training cells of the same label mix (the
+floor). The trainer keeps the weights with the best score.
+
+The validation cells are a slice of the training split held back from training
+(:func:`validation_split`), never the test split: weights chosen on the test cells would flatter
+every later evaluation on them (the peer benchmark's, ``cellsynth evaluate``'s).
 
     score = (kNN AUC - its floor) + mean over label keys of max(0, accuracy floor - accuracy)
 
@@ -28,16 +32,35 @@ from cellsynth.metrics import compute_metrics
 FAR_FROM_FLOOR = 0.25
 
 
-def _matched_rows(
-    codes: np.ndarray, target: np.ndarray, rng: np.random.Generator, exclude: np.ndarray
-) -> np.ndarray:
-    """Rows of ``codes`` (not in ``exclude``) with the label mix of ``target`` (as far as there
-    are cells of each combination)."""
-    keyed = [tuple(r) for r in codes]
-    pool = {}
-    for i, k in enumerate(keyed):
-        if i not in exclude:
-            pool.setdefault(k, []).append(i)
+#: Most cells held back from training for validation, and the fewest that make a validation.
+MAX_VALIDATION_CELLS = 1000
+MIN_VALIDATION_CELLS = 20
+
+
+def validation_split(
+    codes: np.ndarray, fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training rows, validation rows) of training cells with label codes [n, K], stratified.
+
+    ``fraction`` of the cells, at least :data:`MIN_VALIDATION_CELLS` and at most
+    :data:`MAX_VALIDATION_CELLS`; None below 5 x MIN_VALIDATION_CELLS cells (too few to spare:
+    train on every cell instead).
+    """
+    from cellsynth.data.split import stratified_split
+
+    n = len(codes)
+    if n < 5 * MIN_VALIDATION_CELLS:
+        return None
+    size = min(max(int(round(fraction * n)), MIN_VALIDATION_CELLS), MAX_VALIDATION_CELLS)
+    return stratified_split(np.asarray(codes).reshape(n, -1), size / n, seed + 11)
+
+
+def _matched_rows(codes: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``codes`` with the label mix of ``target`` (as far as there are cells of each
+    combination)."""
+    pool: dict[tuple, list[int]] = {}
+    for i, k in enumerate(map(tuple, codes)):
+        pool.setdefault(k, []).append(i)
     rows = []
     for k, n in zip(*np.unique(target, axis=0, return_counts=True), strict=True):
         candidates = pool.get(tuple(k), [])
@@ -50,7 +73,8 @@ class HeldOutValidator:
 
     Parameters
     ----------
-    x_test, y_test : held-out cells, log-normalised expression [n, G] and label codes [n, K].
+    x_test, y_test : validation cells (held back from training, not the test split),
+        log-normalised expression [n, G] and label codes [n, K].
     x_train, y_train : training cells (the floor's real cells and the PCA's come from them).
     schedule, prediction_type : the model's noise schedule and output.
     label_keys : names of the K label columns (for the record).
@@ -77,15 +101,12 @@ class HeldOutValidator:
     ) -> None:
         rng = np.random.default_rng(seed)
         n = min(n_cells, len(x_test))
-        if n < 20:
-            raise ValueError(
-                f"validation needs at least 20 held-out cells, the split holds {len(x_test)}; "
-                "hold out more cells (test fraction) or train without validation"
-            )
+        if n < MIN_VALIDATION_CELLS:
+            raise ValueError(f"validation needs {MIN_VALIDATION_CELLS} cells, got {len(x_test)}")
         test_rows = np.sort(rng.choice(len(x_test), n, replace=False))
         self.real = np.asarray(x_test[test_rows], dtype=np.float32)
         self.codes = np.asarray(y_test[test_rows], dtype=np.int64).reshape(n, -1)
-        floor_rows = _matched_rows(y_train.reshape(len(y_train), -1), self.codes, rng, np.array([]))
+        floor_rows = _matched_rows(y_train.reshape(len(y_train), -1), self.codes, rng)
         self.floor = np.asarray(x_train[floor_rows], dtype=np.float32)
         self.floor_codes = np.asarray(y_train[floor_rows], dtype=np.int64).reshape(
             len(floor_rows), -1
@@ -161,8 +182,13 @@ class HeldOutValidator:
 
 def verdict(best: dict[str, Any] | None) -> str | None:
     """A plain warning when the best validated model is far from real cells; else None."""
-    if not best or best.get("knn_auc") is None or not np.isfinite(best["knn_auc"]):
+    if not best:
         return None
+    if best.get("knn_auc") is None or not np.isfinite(best["knn_auc"]):
+        return (
+            "the model's samples are not finite numbers (it diverged or never learned); "
+            "lower the learning rate, or train longer on more cells"
+        )
     auc, floor = best["knn_auc"], best.get("knn_auc_floor", 0.5)
     acc, acc_floor = best.get("label_accuracy"), best.get("label_accuracy_floor")
     problems = []

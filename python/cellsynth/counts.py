@@ -156,7 +156,7 @@ class LibraryModel:
     ) -> LibraryModel:
         """Fit to library sizes [N] (> 0) of cells with label codes [N, K]."""
         logs = np.log(np.asarray(library, dtype=np.float64))
-        codes = np.asarray(codes, dtype=np.int64).reshape(len(logs), len(keys))
+        codes = np.asarray(codes, dtype=np.int64).reshape(len(logs), len(keys))  # [N, K]
 
         def stats(values: np.ndarray) -> list[float]:
             sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -179,7 +179,8 @@ class LibraryModel:
 
     def parameters(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean_log [B], sd_log [B]) for cells with label codes [B, K]."""
-        codes = np.asarray(codes, dtype=np.int64).reshape(-1, len(self.keys))
+        codes = np.asarray(codes, dtype=np.int64)
+        codes = codes.reshape(len(codes), len(self.keys))  # [B, K]; K = 0 without labels
         mean = np.full(len(codes), self.overall[0])
         sd = np.full(len(codes), self.overall[1])
         names = [",".join(str(int(c)) for c in row) for row in codes]

@@ -201,6 +201,13 @@ def generate(
             "mean applies to count models (a latent bundle on a negative-binomial autoencoder); "
             f"{b.name} writes expression directly"
         )
+    if mean and counts:
+        denoiser.close()
+        decoder.close()
+        raise DataError(
+            "mean writes the expected expression, which has no counts: ask for one of mean "
+            "and counts"
+        )
     counts = bool(counts or count_model) and not mean
     if progress:
         print(

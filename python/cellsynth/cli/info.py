@@ -123,18 +123,13 @@ def _decoder(cfg: dict) -> str:
 
 
 def _describe_validation(train: dict) -> list[str]:
-    """The best validation on held-out cells (the weights the bundle keeps) and any warning."""
+    """The best validation (the weights the bundle keeps) and any warning."""
+    from cellsynth.cli.train import validation_summary
+
     best = train.get("best")
-    if not best or best.get("knn_auc") is None:
-        return []
-    acc = best.get("label_accuracy")
-    line = (
-        f"validation   step {best['step']} (kept): kNN AUC {best['knn_auc']:.3f} "
-        f"(real cells {best['knn_auc_floor']:.3f}), PCA-MMD2 {best['mmd2_rbf_pca']:.2g}"
+    lines = (
+        [f"validation   step {best.get('step')} (kept): {validation_summary(best)}"] if best else []
     )
-    if acc is not None:
-        line += f", label accuracy {acc:.3f} (real cells {best['label_accuracy_floor']:.3f})"
-    lines = [line]
     if train.get("verdict"):
         lines.append(f"warning      {train['verdict']}")
     return lines
