@@ -450,23 +450,24 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = []
     for name in args.datasets:
         result = run_dataset(name, args)
         result["machine"] = machine()
         result["date"] = dt.date.today().isoformat()
         result["settings"] = {**vars(args), "sampler": SAMPLER}
         (out / f"{name}.json").write_text(json.dumps(strict_json(result), indent=1) + "\n")
+        header = (
+            f"{result['date']}, {result['machine']['cpu']}, {os.cpu_count()} cores; training on "
+            f"{args.threads} threads, sampling on 1: `python benchmarks/fidelity_peers.py "
+            + " ".join(sys.argv[1:])
+            + "`\n\n"
+        )
         table = markdown(name, result)
-        (out / f"{name}.md").write_text(table)
-        tables.append(table)
+        (out / f"{name}.md").write_text(table + "\n" + header)
         print(table, flush=True)
-    header = (
-        f"# Fidelity against peers ({dt.date.today().isoformat()}, {machine()['cpu']}, "
-        f"{os.cpu_count()} cores; training on {args.threads} threads, sampling on 1)\n\n"
-        "`python benchmarks/fidelity_peers.py " + " ".join(sys.argv[1:]) + "`\n\n"
-    )
-    (out / "fidelity_peers.md").write_text(header + "\n".join(tables))
+    # Every data set's table in one file (those of earlier runs into the same folder included).
+    tables = [(out / f"{n}.md").read_text() for n in DATASETS if (out / f"{n}.md").is_file()]
+    (out / "fidelity_peers.md").write_text("# Fidelity against peers\n\n" + "\n".join(tables))
 
 
 if __name__ == "__main__":

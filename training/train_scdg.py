@@ -232,5 +232,6 @@ def _validator(
         keys,
         int(ae.architecture["latent_dim"]),
         decode=decode_cells,
+        n_cells=1000,  # sampling codes is cheap: more cells, a less noisy choice of weights
         seed=seed,
     )
