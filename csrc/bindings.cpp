@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "counts.h"
 #include "philox.h"
 #include "schedules.h"
@@ -729,6 +733,28 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("timesteps"), py::arg("num_train_timesteps"), py::arg("bug_compatible") = false,
       "The previous timestep of each entry (-1 after the last), or diffusers' t - T // S.");
+
+  // --- threads ----------------------------------------------------------------------------
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(n));
+#ifdef _OPENMP
+        omp_set_num_threads(n);
+#endif
+      },
+      py::arg("threads"),
+      "Threads of the OpenMP loops (scheduler step, noise, counts); no effect without OpenMP.");
+  m.def(
+      "get_num_threads",
+      []() -> int {
+#ifdef _OPENMP
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+      },
+      "Threads the OpenMP loops use (1 without OpenMP).");
 
   // --- noise ------------------------------------------------------------------------------
   m.attr("INITIAL_NOISE_STEP") = py::int_(cellsynth::kInitialNoiseStep);

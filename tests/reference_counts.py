@@ -19,6 +19,8 @@ from cellsynth import _core
 STREAM_BIT = 0x80000000  # counter word 1 of every count draw
 MAX_COUNT = 2**31 - 1
 INVERSION_LIMIT = 10.0  # Poisson: inversion below, PTRS from here
+NB_INVERSION_LIMIT = 10.0  # NB mean: inversion of the NB pmf below, Gamma-Poisson from here
+NEGLIGIBLE_SHARE = 1e-18  # the sequential NB search stops when a term is this small a share
 CAP_LAMBDA = 2.0**32  # Poisson means from here give MAX_COUNT without drawing
 M32 = 0xFFFFFFFF
 
@@ -113,12 +115,28 @@ def poisson(lam: float, s: Stream) -> float:
             return k
 
 
+def nb_inversion(mean: float, theta: float, s: Stream) -> float:
+    """NB(mean, theta) by sequential search over its pmf, one uniform (csrc/counts.h)."""
+    u = s.next()
+    q = mean / (theta + mean)
+    k = 0.0
+    p = math.exp(-theta * math.log1p(mean / theta))
+    f = p
+    while u > f and p > NEGLIGIBLE_SHARE * f:
+        p = p * ((k + theta) / (k + 1.0)) * q
+        k = k + 1.0
+        f = f + p
+    return k
+
+
 def count(mean: float, theta: float, zero_prob: float | None, seed: int, cell: int, gene: int):
     s = Stream(seed, cell, gene)
     if zero_prob is not None and s.next() < zero_prob:
         return 0
     if mean == 0.0:
         return 0
+    if not math.isinf(theta) and mean < NB_INVERSION_LIMIT:
+        return int(nb_inversion(mean, theta, s))
     lam = mean if math.isinf(theta) else gamma(theta, s) * (mean / theta)
     if lam >= CAP_LAMBDA:
         return MAX_COUNT

@@ -147,9 +147,11 @@ def check_moments_and_fit(x: np.ndarray, dist) -> None:
 @pytest.mark.parametrize(
     "mean, theta, seed",
     [
-        (0.5, 0.3, 11),  # theta < 1: the boost, lambda < 10: inversion
+        (0.5, 0.3, 11),  # mean < 10: the NB pmf by inversion
         (3.0, 1.0, 12),
-        (20.0, 0.05, 13),  # very overdispersed: mostly zeros, a long tail
+        (9.99, 0.05, 17),  # inversion with a long tail
+        (9.99, 200.0, 18),  # inversion, nearly Poisson
+        (20.0, 0.05, 13),  # Gamma (theta < 1: the boost) then Poisson; mostly zeros, a long tail
         (60.0, 5.0, 14),  # mostly PTRS
         (1000.0, 0.8, 15),
         (1e4, 100.0, 16),
@@ -376,3 +378,20 @@ def test_cuda_sample_counts_equal_cpu(zero_inflated) -> None:
     got = do.copy_to_host()
     assert got[0, 0] == -1 and got[1, 1] == -1
     assert (got[2:] == sample_counts(mean[2:], theta, seed, offset + 2)).all()
+
+
+def test_thread_count_is_settable_and_changes_no_value() -> None:
+    rng = np.random.default_rng()
+    mean = rng.uniform(0, 30, (64, 50)).astype(np.float32)
+    theta = rng.uniform(0.1, 10, 50).astype(np.float32)
+    before = _core.get_num_threads()
+    try:
+        _core.set_num_threads(1)
+        assert _core.get_num_threads() == 1
+        one = sample_counts(mean, theta, 3)
+        _core.set_num_threads(2)
+        np.testing.assert_array_equal(sample_counts(mean, theta, 3), one)
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            _core.set_num_threads(0)
+    finally:
+        _core.set_num_threads(before)

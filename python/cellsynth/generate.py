@@ -128,7 +128,7 @@ def generate(
         Export precision for onnxruntime ('fp32', 'fp16', 'int8') or TensorRT ('fp16', 'bf16',
         'fp32'), of the denoiser (a latent bundle's decoder runs in fp32).
     threads : int, optional
-        CPU threads of the engine.
+        CPU threads of the engine and of the C++ loops (scheduler steps, noise, counts).
     composition : path or AnnData, optional
         Real cells whose joint label mix the synthetic cells match (instead of ``conditions``).
     shard : (k, N), optional
@@ -178,6 +178,10 @@ def generate(
     if out is not None and not str(out).endswith(".h5ad"):
         raise DataError(f"the output must be an .h5ad file, got {out}")
     lo, hi = shard_range(n_cells, shard, align=batch_size)
+    if threads is not None:
+        from cellsynth import _core
+
+        _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
     codes = _labels(b, n_cells, conditions, composition, seed)  # [n_cells, K], all shards
     denoiser, why = load_denoiser(
         b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
