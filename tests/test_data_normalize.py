@@ -113,3 +113,20 @@ def test_zero_negation_rejects_bad_values():
         zero_negate(zero_negate(np.eye(2, dtype=np.float32)))
     with pytest.raises(ValueError, match="finite"):
         inverse_zero_negate(x, threshold=float("nan"))
+
+
+def test_renormalize_log1p_puts_any_library_on_the_genes_own_scale() -> None:
+    from cellsynth.data import renormalize_log1p
+
+    rng = np.random.default_rng()
+    counts = rng.poisson(rng.gamma(0.5, 3.0, (40, 25))).astype(np.float64)
+    counts[3] = 0.0  # an empty cell stays empty
+    totals = counts.sum(1, keepdims=True)
+    expected = np.log1p(np.divide(counts * 1e4, totals, out=np.zeros_like(counts),
+                                  where=totals > 0))  # fmt: skip
+    np.testing.assert_allclose(renormalize_log1p(np.log1p(counts)), expected, rtol=1e-5)
+    # Log-normalised by any other library size (e.g. all genes of the data): the same result.
+    other = np.log1p(counts / (totals + rng.uniform(10, 5000, (40, 1))) * 1e4)
+    np.testing.assert_allclose(renormalize_log1p(sp.csr_matrix(other)), expected, rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    assert (renormalize_log1p(np.log1p(counts))[3] == 0).all()

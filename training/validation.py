@@ -6,7 +6,9 @@ would do with the model, at a small scale: it samples a few hundred cells with t
 cells' label mix (DPM-Solver++, 20 steps, the C++ scheduler), and scores them against those
 cells with :func:`cellsynth.metrics.compute_metrics` (kNN two-sample AUC, PCA-MMD², label
 transfer), beside the same numbers for as many real training cells of the same label mix (the
-floor). The trainer keeps the weights with the best score.
+floor). The trainer keeps the weights with the best score. Both sides are compared re-normalised
+over the model's genes (:func:`cellsynth.data.renormalize_log1p`), as the peer benchmark
+compares them: a model whose per-cell totals are off cannot hide it.
 
 The validation cells are a slice of the training split held back from training
 (:func:`validation_split`), never the test split: weights chosen on the test cells would flatter
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsynth.data import renormalize_log1p
 from cellsynth.metrics import compute_metrics
 
 #: A warning is printed when the best validation's kNN AUC exceeds its floor by more than this.
@@ -104,16 +107,16 @@ class HeldOutValidator:
         if n < MIN_VALIDATION_CELLS:
             raise ValueError(f"validation needs {MIN_VALIDATION_CELLS} cells, got {len(x_test)}")
         test_rows = np.sort(rng.choice(len(x_test), n, replace=False))
-        self.real = np.asarray(x_test[test_rows], dtype=np.float32)
+        self.real = renormalize_log1p(x_test[test_rows])
         self.codes = np.asarray(y_test[test_rows], dtype=np.int64).reshape(n, -1)
         floor_rows = _matched_rows(y_train.reshape(len(y_train), -1), self.codes, rng)
-        self.floor = np.asarray(x_train[floor_rows], dtype=np.float32)
+        self.floor = renormalize_log1p(x_train[floor_rows])
         self.floor_codes = np.asarray(y_train[floor_rows], dtype=np.int64).reshape(
             len(floor_rows), -1
         )
         rest = np.setdiff1d(np.arange(len(x_train)), floor_rows)
         pca_rows = np.sort(rng.choice(rest, min(1000, len(rest)), replace=False))
-        self.pca = np.asarray(x_train[pca_rows], dtype=np.float32)
+        self.pca = renormalize_log1p(x_train[pca_rows])
         self.keys = list(label_keys)
         self.schedule, self.prediction_type = schedule, prediction_type
         self.width, self.decode, self.steps, self.seed = int(width), decode, int(steps), int(seed)
@@ -141,6 +144,9 @@ class HeldOutValidator:
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
         syn = self.sample(model)
+        if not np.isfinite(syn).all():
+            return {"score": float("inf"), "knn_auc": float("nan"), "note": "non-finite cells"}
+        syn = renormalize_log1p(syn)
         if not np.isfinite(syn).all():
             return {"score": float("inf"), "knn_auc": float("nan"), "note": "non-finite cells"}
         labels = {k: self.codes[:, j].astype(str) for j, k in enumerate(self.keys)}

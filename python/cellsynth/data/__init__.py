@@ -7,7 +7,13 @@ returns re-applies the same normalisation and gene order to new data.
 
 from cellsynth.data.genes import GENE_SELECTION_METHODS, select_genes
 from cellsynth.data.io import COUNTS_SOURCES, extract_counts, read_h5ad
-from cellsynth.data.normalize import library_sizes, log1p_normalize, normalize_total, qc_masks
+from cellsynth.data.normalize import (
+    library_sizes,
+    log1p_normalize,
+    normalize_total,
+    qc_masks,
+    renormalize_log1p,
+)
 from cellsynth.data.prepare import (
     DEFAULT_MIN_CELLS_PER_GENE,
     DEFAULT_MIN_GENES_PER_CELL,
@@ -41,6 +47,7 @@ __all__ = [
     "library_sizes",
     "log1p_normalize",
     "normalize_total",
+    "renormalize_log1p",
     "prepare",
     "qc_masks",
     "read_h5ad",

@@ -114,3 +114,20 @@ def log1p_normalize(counts: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_ma
     out = normalize_total(counts, target_sum)
     np.log1p(out.data, out=out.data)
     return out
+
+
+def renormalize_log1p(x: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> np.ndarray:
+    """Log-normalised expression re-normalised over its own genes: dense float32 [n, G].
+
+    ``x`` is ``log1p(count / L * s)`` for some per-cell library size L (e.g. the total over all
+    genes of the original data) and scale s; ``expm1(x)`` is proportional to the counts, so
+    ``log1p(target_sum * expm1(x) / sum(expm1(x)))`` is the log-normalisation over exactly these
+    genes, whatever L was. Applied to raw counts' ``log1p`` it equals :func:`log1p_normalize`.
+    Comparing real and synthetic cells this way puts them on one scale (the modelled genes),
+    and per-cell totals that a generator gets wrong show in every gene. Cells whose values are all
+    zero stay zero.
+    """
+    e = np.expm1(x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64))
+    totals = e.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(e * scale).astype(np.float32)
