@@ -51,7 +51,7 @@ from _machine import machine
 from peers import IndependentNBPeer, ScviPeer, combination
 
 import cellsynth
-from cellsynth.data import extract_counts, prepare
+from cellsynth.data import extract_counts, prepare, renormalize_log1p
 from cellsynth.evaluate import strict_json
 from cellsynth.metrics import compute_metrics
 
@@ -122,15 +122,13 @@ def representation(kind: str, x: sp.spmatrix) -> np.ndarray:
     """Log1p of counts normalised to 10,000 over the benchmark's genes, dense float32 [n, G].
 
     ``kind`` 'counts': integer counts; 'lognorm': cellsynth's log1p-normalised values, whose
-    expm1 is proportional to the counts.
+    expm1 is proportional to the counts (:func:`cellsynth.data.renormalize_log1p`).
     """
     x = sp.csr_matrix(x, dtype=np.float64)
-    if kind == "lognorm":
+    if kind == "counts":
         x = x.copy()
-        x.data = np.expm1(x.data)
-    totals = np.asarray(x.sum(axis=1)).ravel()
-    x = sp.diags(TARGET_SUM / np.where(totals > 0, totals, 1.0)) @ x  # an empty cell stays 0
-    return np.log1p(x.toarray()).astype(np.float32)
+        x.data = np.log1p(x.data)  # expm1 of it gives the counts back
+    return renormalize_log1p(x, TARGET_SUM)
 
 
 # ------------------------------------------------------------------------------ generators
@@ -157,20 +155,25 @@ class PeerGenerator:
 class BundleGenerator:
     """A cellsynth bundle: shipped (by name) or trained here by the documented CLI commands."""
 
-    def __init__(self, name: str, bundle: str, commands: list[list[str]] | None = None) -> None:
+    def __init__(
+        self, name: str, bundle: str, commands: list[list[str]] | None = None, steps: int = 20
+    ) -> None:
         self.name, self.bundle, self.commands = name, bundle, commands or []
-        self.info: dict[str, object] = {}
+        self.sampler = {**SAMPLER, "steps": int(steps)}
+        self.info: dict[str, object] = {"sampler": self.sampler}
 
     def fit(self, split: Split, args) -> float:
         if not self.commands:  # shipped: trained by its recipe; report the recorded time
             b = cellsynth.load_bundle(self.bundle)
             seconds = float(b.config.get("training", {}).get("seconds", float("nan")))
-            self.info = {"bundle": self.bundle, "recorded_training_seconds": seconds}
+            if b.kind == "latent_diffusion":  # its autoencoder's training too
+                seconds += float(b.autoencoder.config.get("training", {}).get("seconds", 0.0))
+            self.info.update({"bundle": self.bundle, "recorded_training_seconds": seconds})
             return seconds
         done = Path(self.bundle) / "config.json"
         if args.reuse and done.is_file():
             seconds = json.loads((Path(self.bundle) / "benchmark_fit.json").read_text())["seconds"]
-            self.info = {"commands": [" ".join(c) for c in self.commands], "reused": True}
+            self.info.update({"commands": [" ".join(c) for c in self.commands], "reused": True})
             return seconds
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         started = time.perf_counter()
@@ -179,7 +182,7 @@ class BundleGenerator:
             subprocess.run(cmd, check=True, env=env)
         seconds = time.perf_counter() - started
         (Path(self.bundle) / "benchmark_fit.json").write_text(json.dumps({"seconds": seconds}))
-        self.info = {"commands": [" ".join(c) for c in self.commands], "reused": False}
+        self.info.update({"commands": [" ".join(c) for c in self.commands], "reused": False})
         return seconds
 
     def sample(self, split: Split, seed: int) -> tuple[str, sp.spmatrix, pd.DataFrame]:
@@ -193,7 +196,7 @@ class BundleGenerator:
             threads=1,
             seed=seed,
             progress=False,
-            **SAMPLER,
+            **self.sampler,
         )
         obs = out.obs.astype(str)
         if "counts" in out.layers:
@@ -217,7 +220,7 @@ def cli_generators(split: Split, work: Path) -> dict[str, BundleGenerator]:
     labels = [a for k in split.keys for a in ("--label", k)]
     common = ["--data", split.name, *labels, "--test-fraction", str(split.test_fraction)]
     exe = [sys.executable, "-m", "cellsynth.cli.main"]
-    dit, clustered = work / f"{split.name}-dit", work / f"{split.name}-dit-cluster"
+    dit, by_input = work / f"{split.name}-dit", work / f"{split.name}-dit-input"
     ae, latent = work / f"{split.name}-autoencoder", work / f"{split.name}-latent"
     return {
         "cli-dit": BundleGenerator(
@@ -225,12 +228,12 @@ def cli_generators(split: Split, work: Path) -> dict[str, BundleGenerator]:
             str(dit),
             [[*exe, "train", "dit", *common, "--overwrite", "--out", str(dit)]],
         ),
-        "cli-dit-cluster": BundleGenerator(
-            "cellsynth DiT, --gene-order cluster",
-            str(clustered),
+        "cli-dit-input": BundleGenerator(
+            "cellsynth DiT, --gene-order input",
+            str(by_input),
             [
-                [*exe, "train", "dit", *common, "--gene-order", "cluster"]
-                + ["--overwrite", "--out", str(clustered)]
+                [*exe, "train", "dit", *common, "--gene-order", "input"]
+                + ["--overwrite", "--out", str(by_input)]
             ],
         ),
         "cli-latent": BundleGenerator(
@@ -259,6 +262,11 @@ def generators_for(split: Split, args) -> list:
             chosen += [every["cli-dit"], every["cli-latent"]]
         elif name.startswith("cli-"):
             chosen.append(cli_generators(split, Path(args.work))[name])
+        elif "@" in name:  # a shipped bundle at another number of steps, e.g. kang-scdg@10
+            bundle, steps = name.split("@")
+            if bundle in SHIPPED.get(split.name, []):
+                chosen.append(BundleGenerator(f"{bundle}, DPM-Solver++ {steps}", bundle,
+                                              steps=int(steps)))  # fmt: skip
         else:
             raise SystemExit(f"unknown generator {name!r}")
     return chosen
@@ -437,7 +445,8 @@ def main(argv: list[str] | None = None) -> None:
         "--generators",
         nargs="+",
         default=["scvi", "nb", "shipped", "cli"],
-        help="scvi, nb, shipped, cli (= cli-dit + cli-latent), cli-dit-cluster",
+        help="scvi, nb, shipped, cli (= cli-dit + cli-latent), cli-dit-input, or a shipped "
+        "bundle at other steps (kang-scdg@10)",
     )
     parser.add_argument("--cells", type=int, default=2000, help="most reference cells per side")
     parser.add_argument("--threads", type=int, default=2, help="threads for training")

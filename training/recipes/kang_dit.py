@@ -57,6 +57,11 @@ RECIPE: dict[str, Any] = dict(
     warmup_steps=200,
     ema_decay=0.999,
     ema_warmup=True,
+    # The shipped bundle predates these defaults of train_dit_bundle: genes patched in their
+    # input order, 60 whole epochs (no time budget), the last weights kept.
+    gene_order="input",
+    time_budget_s=None,
+    validate=False,
 )
 
 

@@ -61,9 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     dit.add_argument(
         "--gene-order",
-        default="input",
+        default="cluster",
         choices=["input", "cluster"],
-        help="cluster: each patch of genes holds genes that vary together (default: input)",
+        help="cluster: each patch of genes holds genes that vary together; input: patches follow "
+        "the genes' order (default: cluster)",
     )
     dit.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     dit.add_argument("--n-top-genes", type=int, default=2000)
