@@ -264,7 +264,9 @@ def generators_for(split: Split, args) -> list:
             chosen.append(cli_generators(split, Path(args.work))[name])
         elif "@" in name:  # a shipped bundle at another number of steps, e.g. kang-scdg@10
             bundle, steps = name.split("@")
-            if bundle in SHIPPED.get(split.name, []):
+            if not any(bundle in names for names in SHIPPED.values()) or not steps.isdigit():
+                raise SystemExit(f"unknown generator {name!r} (a shipped bundle @ steps)")
+            if bundle in SHIPPED.get(split.name, []):  # a row on the data set it was trained on
                 chosen.append(BundleGenerator(f"{bundle}, DPM-Solver++ {steps}", bundle,
                                               steps=int(steps)))  # fmt: skip
         else:

@@ -28,6 +28,8 @@ def test_info_describes_a_bundle(tiny_bundle: Path, capsys: pytest.CaptureFixtur
     assert "label        cell_type: 3 values (alpha, beta, gamma)" in out
     assert "parameters" in out and "prediction   epsilon" in out
     assert "validation   step" in out and "kNN AUC" in out
+    # the default co-expression gene order is named, not listed gene by gene
+    assert "gene order   clustered by co-expression" in out and "gene_order=" not in out
 
 
 def test_sample_writes_h5ad_atomically(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -130,3 +130,9 @@ def test_renormalize_log1p_puts_any_library_on_the_genes_own_scale() -> None:
     np.testing.assert_allclose(renormalize_log1p(sp.csr_matrix(other)), expected, rtol=1e-4,
                                atol=1e-5)  # fmt: skip
     assert (renormalize_log1p(np.log1p(counts))[3] == 0).all()
+    # float32 sparse input (what prepare writes) is computed in float64 all the same
+    np.testing.assert_allclose(renormalize_log1p(sp.csr_matrix(np.log1p(counts), dtype=np.float32)),
+                               expected, rtol=1e-5, atol=1e-5)  # fmt: skip
+    # zero-negated entries (below 0) count as not expressed
+    negated = np.where(counts > 0, np.log1p(counts), -1.0)
+    np.testing.assert_allclose(renormalize_log1p(negated), expected, rtol=1e-5)

@@ -46,6 +46,31 @@ def test_interrupted_run_resumes_to_the_same_bundle(
     )
 
 
+def test_resume_keeps_the_checkpoints_gene_order_and_refuses_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adata = make_toy_adata(n_cells=160, n_genes=80)
+
+    def interrupted_train(*args, **kwargs):
+        real_train(*args, **kwargs, callback=lambda row: row["epoch"] >= 1)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "b"
+    monkeypatch.setattr(pipeline, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_dit_bundle(adata, ["cell_type"], out, **OPTIONS)  # gene_order cluster
+    monkeypatch.setattr(pipeline, "train", real_train)
+    with pytest.raises(ValueError, match="trained with gene_order 'cluster'"):
+        pipeline.train_dit_bundle(adata, ["cell_type"], out, resume=True, gene_order="input",
+                                  **OPTIONS)  # fmt: skip
+    # The resumed run takes the order stored in the checkpoint rather than recomputing it.
+    never = lambda *a, **k: pytest.fail("the order was recomputed")  # noqa: E731
+    monkeypatch.setattr(pipeline, "correlated_gene_order", never)
+    pipeline.train_dit_bundle(adata, ["cell_type"], out, resume=True, **OPTIONS)
+    order = cellsynth.load_bundle(out).config["architecture"]["gene_order"]
+    assert sorted(order) == list(range(50)) and order != list(range(50))
+
+
 def test_bundle_records_training_provenance(tiny_bundle: Path) -> None:
     training = cellsynth.load_bundle(tiny_bundle).config["training"]
     assert training["epochs"] == 2 and training["seed"] == 0

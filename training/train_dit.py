@@ -27,7 +27,7 @@ from cellsynth.schedules import NoiseSchedule
 from cellsynth.training import training_report
 from cellsynth.training.device import resolve_device
 from cellsynth.training.dit import auto_config, build_dit, correlated_gene_order
-from cellsynth.training.trainer import TrainConfig, train
+from cellsynth.training.trainer import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 from cellsynth.training.validation import HeldOutValidator, validation_split, verdict
 
 
@@ -155,7 +155,20 @@ def train_dit_bundle(
     architecture = auto_config(n_genes, str(resolve_device(device))) if config == "auto" else config
     if gene_order not in ("input", "cluster"):
         raise ValueError(f"gene_order must be 'input' or 'cluster', got {gene_order!r}")
-    order = correlated_gene_order(prepared.x_train, seed=seed) if gene_order == "cluster" else None
+    x_train, y_train = prepared.x_train, prepared.y_train
+    held = validation_split(y_train, seed=seed) if validate else None
+    if validate and held is None:
+        print(
+            f"cellsynth: only {len(y_train)} training cells: training without validation "
+            "(the last weights are kept)",
+            file=sys.stderr,
+        )
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(out)
+    # The order comes from the cells the model trains on (not those held back to validate it);
+    # a resumed run takes the order its checkpoint was written with.
+    order = _gene_order(
+        gene_order, x_train if held is None else x_train[held[0]], seed, ckpt if resume else None
+    )
     # Seed the initial weights too, so a seed fixes the whole run (and a resumed run, which
     # loads its weights, matches an uninterrupted one); fork_rng leaves the caller's RNG alone.
     with torch.random.fork_rng(devices=[]):
@@ -165,22 +178,13 @@ def train_dit_bundle(
             n_genes=n_genes,
             label_sizes=labels.sizes,
             label_dropout=label_dropout,
-            **({"gene_order": order} if order is not None else {}),
+            gene_order=order,  # None for 'input', also over a config dict that holds an order
         )
-    x_train, y_train = prepared.x_train, prepared.y_train
     validator, n_validation = None, 0
-    if validate:
-        held = validation_split(y_train, seed=seed)
-        if held is None:
-            print(
-                f"cellsynth: only {len(y_train)} training cells: training without validation "
-                "(the last weights are kept)",
-                file=sys.stderr,
-            )
-        else:
-            keep, check = held
-            validator = _validator(prepared, keep, check, schedule, prediction_type, model, seed)
-            x_train, y_train, n_validation = x_train[keep], y_train[keep], len(check)
+    if held is not None:
+        keep, check = held
+        validator = _validator(prepared, keep, check, schedule, prediction_type, model, seed)
+        x_train, y_train, n_validation = x_train[keep], y_train[keep], len(check)
     train_config = TrainConfig(
         epochs=epochs,
         max_steps=max_steps,
@@ -194,7 +198,6 @@ def train_dit_bundle(
         validate_every=validate_every if validator is not None else 0,
         **train_options,
     )
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(out)
     started = time.perf_counter()
     result = train(
         model,
@@ -236,6 +239,25 @@ def train_dit_bundle(
     if record["verdict"]:
         print(f"cellsynth: warning: {record['verdict']}", file=sys.stderr)
     return path
+
+
+def _gene_order(kind: str, x: np.ndarray, seed: int, resume_from: Path | None) -> list[int] | None:
+    """The patch order of the genes: None ('input') or the co-expression order ('cluster').
+
+    When resuming, the order is the checkpoint's (recomputing it on another machine or thread
+    count could differ in a tie); a checkpoint written with the other ``gene_order`` is refused
+    in one line.
+    """
+    if resume_from is not None and (resume_from / CHECKPOINT_NAME).is_file():
+        stored = load_checkpoint(resume_from).get("model_config", {}).get("gene_order")
+        if (stored is not None) != (kind == "cluster"):
+            other = "cluster" if stored is not None else "input"
+            raise ValueError(
+                f"cannot resume from {resume_from}: it was trained with gene_order '{other}' "
+                f"(--gene-order {other}), not '{kind}'"
+            )
+        return None if stored is None else [int(g) for g in stored]
+    return correlated_gene_order(x, seed=seed) if kind == "cluster" else None
 
 
 def _validator(

@@ -7,6 +7,9 @@ import json
 
 from cellsynth.bundle import KIND_WEIGHTS, WEIGHT_FILES, Bundle, load_bundle
 
+#: architecture entries left out of the "model" line (sizes shown elsewhere, or long lists).
+_NOT_SHOWN = ("n_genes", "label_sizes", "gene_order")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a model bundle")
@@ -51,9 +54,11 @@ def describe(bundle: Bundle) -> str:
         f"format       {cfg['format']} v{cfg['format_version']} "
         f"(cellsynth {cfg.get('cellsynth_version')})",
         f"model        {cfg['architecture'].get('name')} "
-        + ", ".join(f"{k}={v}" for k, v in arch.items() if k not in ("n_genes", "label_sizes"))
+        + ", ".join(f"{k}={v}" for k, v in arch.items() if k not in _NOT_SHOWN)
         + f"; {parameter_count(bundle):,} parameters",
     ]
+    if "gene_order" in arch:  # a permutation of every gene: say what it is, not its 2,000 values
+        lines.append("gene order   clustered by co-expression (each patch holds co-varying genes)")
     if "prediction_type" in cfg:
         lines.append(f"prediction   {cfg['prediction_type']}")
     if "schedule" in cfg:

@@ -125,9 +125,11 @@ def renormalize_log1p(x: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> n
     genes, whatever L was. Applied to raw counts' ``log1p`` it equals :func:`log1p_normalize`.
     Comparing real and synthetic cells this way puts them on one scale (the modelled genes),
     and per-cell totals that a generator gets wrong show in every gene. Cells whose values are all
-    zero stay zero.
+    zero stay zero; negative values (zero-negated "not expressed" entries) count as zero. Computed
+    in float64 whatever the input's type.
     """
-    e = np.expm1(x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64))
+    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
+    e = np.expm1(np.maximum(dense.astype(np.float64, copy=False), 0.0))
     totals = e.sum(axis=1, keepdims=True)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     return np.log1p(e * scale).astype(np.float32)
