@@ -26,6 +26,12 @@ Representation rule (the same for both sides, decided per file):
 3. otherwise X is taken as already log-normalised (it must be finite and non-negative), and the
    report says so.
 
+Then, with log1p (the default), both sides are renormalised over the genes they share
+(:func:`cellsynth.data.renormalize_log1p`): each cell's expression is re-expressed per target sum
+of those genes alone. Files normalised over different gene sets become comparable, and a
+generator whose per-cell totals over the modelled genes are off is seen in every gene (the
+training validation and ``benchmarks/fidelity_peers.py`` compare the same way).
+
 Real cells: when the synthetic file names a bundle that loads and the real data is the data that
 bundle was trained on (:func:`cellsynth.heldout.held_out_cells` rebuilds its split), only the
 held-out cells, which the model never saw, are compared, in the bundle's own preprocessing.
@@ -292,6 +298,8 @@ def evaluate(
         If a file lacks ``label_key``, synthetic classes are absent from the real data, or the
         expression cannot be used.
     """
+    from cellsynth.data import renormalize_log1p
+
     started = time.perf_counter()
     bar = tqdm(total=4, desc="evaluate", unit="stage", disable=not progress, file=sys.stderr)
     try:
@@ -329,6 +337,13 @@ def evaluate(
                 "Real cells: every cell of the real data. If the model was trained on some of "
                 "them, the numbers may look better than on unseen cells."
                 + (f" (Held-out split not used: {held}.)" if isinstance(held, str) else "")
+            )
+        if log1p:  # one scale: the compared genes' own totals (module docstring)
+            real_dense = renormalize_log1p(real_dense, target_sum)
+            syn_dense = renormalize_log1p(syn_dense, target_sum)
+            notes.append(
+                f"Both sides renormalised over the {syn_dense.shape[1]} compared genes "
+                f"(log1p of expression per {target_sum:g} of these genes)."
             )
         bar.update()
 
