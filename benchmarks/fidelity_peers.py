@@ -143,9 +143,11 @@ class PeerGenerator:
     def fit(self, split: Split, args) -> float:
         return self.peer.fit(split.train_counts, split.train_obs, split.keys, args.threads)
 
-    def sample(self, split: Split, seed: int) -> tuple[str, sp.spmatrix, pd.DataFrame]:
+    def sample(self, split: Split, seed: int) -> tuple[str, sp.spmatrix, pd.DataFrame, float]:
+        """(kind, cells, obs, seconds of the sampling alone)."""
+        started = time.perf_counter()
         counts = self.peer.sample(split.ref_groups, seed)
-        return "counts", counts, split.ref_obs
+        return "counts", counts, split.ref_obs, time.perf_counter() - started
 
     @property
     def info(self) -> dict[str, object]:
@@ -185,9 +187,11 @@ class BundleGenerator:
         self.info.update({"commands": [" ".join(c) for c in self.commands], "reused": False})
         return seconds
 
-    def sample(self, split: Split, seed: int) -> tuple[str, sp.spmatrix, pd.DataFrame]:
+    def sample(self, split: Split, seed: int) -> tuple[str, sp.spmatrix, pd.DataFrame, float]:
+        """(kind, cells, obs, seconds of generate() alone: not the split check before it)."""
         b = cellsynth.load_bundle(self.bundle)
         _check_same_split(b, split)
+        started = time.perf_counter()
         out = cellsynth.generate(
             b,
             n_cells=len(split.ref_obs),
@@ -198,10 +202,11 @@ class BundleGenerator:
             progress=False,
             **self.sampler,
         )
+        seconds = time.perf_counter() - started
         obs = out.obs.astype(str)
         if "counts" in out.layers:
-            return "counts", out.layers["counts"], obs
-        return "lognorm", out.X, obs
+            return "counts", out.layers["counts"], obs, seconds
+        return "lognorm", out.X, obs, seconds
 
 
 def _check_same_split(bundle, split: Split) -> None:
@@ -252,7 +257,9 @@ def generators_for(split: Split, args) -> list:
     chosen = []
     for name in args.generators:
         if name == "scvi":
-            chosen.append(PeerGenerator(ScviPeer(args.seed, args.scvi_max_epochs)))
+            save = Path(args.work) / f"{split.name}-scvi"
+            peer = ScviPeer(args.seed, args.scvi_max_epochs, save, args.reuse)
+            chosen.append(PeerGenerator(peer))
         elif name == "nb":
             chosen.append(PeerGenerator(IndependentNBPeer(args.seed)))
         elif name == "shipped":
@@ -412,9 +419,7 @@ def run_dataset(name: str, args) -> dict:
         print(f"-- {gen.name}: training", flush=True)
         train_seconds = gen.fit(split, args)
         print(f"-- {gen.name}: sampling {len(split.ref_obs)} cells", flush=True)
-        started = time.perf_counter()
-        kind, x, syn_obs = gen.sample(split, args.seed)
-        seconds = time.perf_counter() - started
+        kind, x, syn_obs, seconds = gen.sample(split, args.seed)
         synthetic = representation(kind, x)
         metrics = score(split, synthetic, syn_obs, args.seed)
         result["rows"][gen.name] = {
