@@ -69,7 +69,7 @@ def test_cv_guard_avoids_nearly_empty_genes(kang_matrices):
     detection = np.bincount(counts.indices, minlength=counts.shape[1]) / counts.shape[0]
     unguarded = select_genes(counts, lognorm, "cv", 2000, min_detection_rate=0.0)
     guarded = select_genes(counts, lognorm, "cv", 2000, min_detection_rate=0.01)
-    # DESIGN.md: unguarded CV picks the rarest genes; the chosen matrix is >99.5% zeros.
+    # docs/data.md: unguarded CV picks the rarest genes; the chosen matrix is >99.5% zeros.
     assert 1 - detection[unguarded].mean() > 0.995
     assert detection[guarded].min() >= 0.01
     assert 1 - detection[guarded].mean() < 1 - detection[unguarded].mean() - 0.01

@@ -8,7 +8,7 @@ synthetic set, C classes):
 
 ==============  ================================================================================
 random          SPC random real cells per class (the classic dataset-distillation baseline)
-class_mean      the mean training cell of every class (one per class; strong, see DESIGN.md)
+class_mean      the mean training cell of every class (one per class; strong: 0.94 on Kang)
 kmeans          SPC k-means centroids per class (k-means++ start, Lloyd iterations, seeded)
 geosketch       SPC x C cells chosen by geometric sketching of PCA features of all training cells
 reweight        SPC x C cells, equally many per class where the class has enough (re-weighting)

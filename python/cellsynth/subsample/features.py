@@ -3,7 +3,7 @@
 Counts are validated (NaN, infinite or negative values are a :class:`DataError`), log1p-
 normalised to 1e4 counts per cell, restricted to the ``n_top_genes`` genes of highest variance of
 the log-normalised values (a variance-based HVG choice; coefficient of variation would pick the
-rarest genes, see DESIGN.md), centred and projected on their top principal components.
+rarest genes, see docs/data.md), centred and projected on their top principal components.
 
 PCA is exact and has no randomness: the top eigenvectors of the genes x genes covariance
 (``numpy.linalg.eigh``). Forming the covariance costs n * g^2 and the eigendecomposition g^3,
