@@ -15,16 +15,17 @@ from cellsynth.training.trainer import train as real_train
 OPTIONS = dict(TINY_TRAINING, n_top_genes=50)
 
 
+def interrupted_train(*args, **kwargs):
+    """Stop after the first epoch's checkpoint, as Ctrl-C between epochs would."""
+    real_train(*args, **kwargs, callback=lambda row: row["epoch"] >= 1)
+    raise KeyboardInterrupt
+
+
 def test_interrupted_run_resumes_to_the_same_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     adata = make_toy_adata(n_cells=160, n_genes=80)
     straight = pipeline.train_dit_bundle(adata, ["cell_type"], tmp_path / "straight", **OPTIONS)
-
-    def interrupted_train(*args, **kwargs):
-        # Stop after the first epoch's checkpoint, as Ctrl-C between epochs would.
-        real_train(*args, **kwargs, callback=lambda row: row["epoch"] >= 1)
-        raise KeyboardInterrupt
 
     out = tmp_path / "resumed"
     monkeypatch.setattr(pipeline, "train", interrupted_train)
@@ -50,10 +51,6 @@ def test_resume_keeps_the_checkpoints_gene_order_and_refuses_another(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     adata = make_toy_adata(n_cells=160, n_genes=80)
-
-    def interrupted_train(*args, **kwargs):
-        real_train(*args, **kwargs, callback=lambda row: row["epoch"] >= 1)
-        raise KeyboardInterrupt
 
     out = tmp_path / "b"
     monkeypatch.setattr(pipeline, "train", interrupted_train)

@@ -144,10 +144,9 @@ class HeldOutValidator:
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
         syn = self.sample(model)
-        if not np.isfinite(syn).all():
-            return {"score": float("inf"), "knn_auc": float("nan"), "note": "non-finite cells"}
-        syn = renormalize_log1p(syn)
-        if not np.isfinite(syn).all():
+        if np.isfinite(syn).all():  # renormalising would hide a -inf (it counts as zero)
+            syn = renormalize_log1p(syn)
+        if not np.isfinite(syn).all():  # as sampled, or overflowing expm1 when renormalised
             return {"score": float("inf"), "knn_auc": float("nan"), "note": "non-finite cells"}
         labels = {k: self.codes[:, j].astype(str) for j, k in enumerate(self.keys)}
         floor_labels = {k: self.floor_codes[:, j].astype(str) for j, k in enumerate(self.keys)}
