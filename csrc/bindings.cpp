@@ -688,9 +688,17 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "alphas_cumprod",
       [](const py::array_t<double, py::array::c_style | py::array::forcecast>& betas) {
-        return to_numpy(cellsynth::alphas_cumprod(from_numpy(betas, "betas")));
+        std::vector<double> b = from_numpy(betas, "betas");
+        for (size_t i = 0; i < b.size(); ++i) {
+          if (!(b[i] >= 0.0 && b[i] <= 1.0)) {  // also NaN: a product of them means nothing
+            std::ostringstream msg;
+            msg << "betas[" << i << "] = " << b[i] << " is outside [0, 1]";
+            throw std::invalid_argument(msg.str());
+          }
+        }
+        return to_numpy(cellsynth::alphas_cumprod(b));
       },
-      py::arg("betas"), "Cumulative product of (1 - betas), float64 [T].");
+      py::arg("betas"), "Cumulative product of (1 - betas), float64 [T]; betas in [0, 1].");
 
   m.def(
       "rescale_zero_terminal_snr",

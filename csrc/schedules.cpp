@@ -29,12 +29,16 @@ double cosine_alpha_bar(double t) {
 
 }  // namespace
 
+void check_train_timesteps(int64_t T) {
+  if (T < 1 || T > kMaxTrainTimesteps) {
+    throw std::invalid_argument("num_train_timesteps must be between 1 and " +
+                                std::to_string(kMaxTrainTimesteps) + ", got " + std::to_string(T));
+  }
+}
+
 std::vector<double> make_betas(const std::string& beta_schedule, int64_t num_train_timesteps,
                                double beta_start, double beta_end) {
-  if (num_train_timesteps < 1) {
-    throw std::invalid_argument("num_train_timesteps must be >= 1, got " +
-                                std::to_string(num_train_timesteps));
-  }
+  check_train_timesteps(num_train_timesteps);
   const bool uses_range = beta_schedule == "linear" || beta_schedule == "scaled_linear";
   if (uses_range && !(beta_start > 0.0 && beta_start < 1.0 && beta_end > 0.0 && beta_end < 1.0)) {
     std::ostringstream msg;
@@ -83,10 +87,25 @@ std::vector<double> rescale_zero_terminal_snr(const std::vector<double>& betas) 
     throw std::invalid_argument("rescale_betas_zero_snr needs at least 2 timesteps, got " +
                                 std::to_string(n));
   }
+  for (double b : betas) {
+    if (!(b >= 0.0 && b < 1.0)) {
+      throw std::invalid_argument("rescale_betas_zero_snr needs betas in [0, 1), got " +
+                                  std::to_string(b));
+    }
+  }
   std::vector<double> s = alphas_cumprod(betas);
   for (double& v : s) v = std::sqrt(v);
   const double s0 = s.front();
   const double sT = s.back();
+  // Every step but the last divides by its predecessor's rescaled value, (s - sT) * scale: that
+  // must not reach zero before the end (a flat tail would give 0 / 0).
+  for (size_t i = 0; i + 1 < n; ++i) {
+    if (!(s[i] > sT)) {
+      throw std::invalid_argument(
+          "rescale_betas_zero_snr needs alphas_cumprod above its last value before the last "
+          "step (a decreasing schedule)");
+    }
+  }
   if (!(s0 > sT)) {
     throw std::invalid_argument("rescale_betas_zero_snr needs a decreasing alphas_cumprod");
   }

@@ -10,6 +10,13 @@
 
 namespace cellsynth {
 
+// The most training timesteps a schedule may have (diffusion models use 1000; 1e6 already takes
+// 8 MB per array): a corrupt bundle's 2e9 is refused with a message, not a failed allocation.
+constexpr int64_t kMaxTrainTimesteps = 1000000;
+
+// Throws std::invalid_argument unless 1 <= T <= kMaxTrainTimesteps.
+void check_train_timesteps(int64_t T);
+
 // Betas for `num_train_timesteps` steps.
 //   linear:             linspace(beta_start, beta_end, T)
 //   scaled_linear:      linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2

@@ -106,6 +106,15 @@ StepCoefficients dpmsolver_coefficients(double sigma_s1, double sigma_s0, double
     }
   }
   if (!(sigma_s0 > 0.0)) throw std::invalid_argument("DPM-Solver: sigma_s0 must be > 0");
+  // sigma^2 + 1 must stay finite for alpha = 1 / sqrt(sigma^2 + 1) (no noise level is near this).
+  constexpr double kMaxSigma = 1e150;
+  for (double s : {sigma_s1, sigma_s0, sigma_t}) {
+    if (s > kMaxSigma) {
+      std::ostringstream msg;
+      msg << "DPM-Solver sigmas must be <= " << kMaxSigma << ", got " << s;
+      throw std::invalid_argument(msg.str());
+    }
+  }
   // alpha = 1 / sqrt(sigma^2 + 1), sigma_hat = sigma * alpha (diffusers' _sigma_to_alpha_sigma_t).
   const double alpha_s0 = 1.0 / std::sqrt(sigma_s0 * sigma_s0 + 1.0);
   const double sig_s0 = sigma_s0 * alpha_s0;
@@ -330,6 +339,15 @@ float row_threshold(const StepScalars& s, const float* m, const float* x, float*
 
 float threshold_of_abs(float* a, int64_t n, float ratio, float sample_max_value, bool bisection) {
   if (n <= 0) throw std::invalid_argument("dynamic thresholding needs at least one gene");
+  // The ratio picks a rank in [0, n - 1]; outside [0, 1] (or NaN) it would index past the array.
+  if (!(ratio >= 0.0f && ratio <= 1.0f)) {
+    throw std::invalid_argument("dynamic_thresholding_ratio must lie in [0, 1], got " +
+                                std::to_string(ratio));
+  }
+  if (!(sample_max_value > 0.0f) || !std::isfinite(sample_max_value)) {
+    throw std::invalid_argument("sample_max_value must be finite and > 0, got " +
+                                std::to_string(sample_max_value));
+  }
   for (int64_t i = 0; i < n; ++i) {
     if (std::isnan(a[i])) return a[i];  // torch.quantile returns nan for a row with a nan
   }

@@ -1,5 +1,7 @@
 #include "timesteps.h"
 
+#include "schedules.h"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -45,9 +47,7 @@ std::vector<double> np_arange(double start, double stop, double step) {
 int64_t round_even(double v) { return static_cast<int64_t>(std::nearbyint(v)); }
 
 void check_counts(int64_t T, int64_t S) {
-  if (T < 1) {
-    throw std::invalid_argument("num_train_timesteps must be >= 1, got " + std::to_string(T));
-  }
+  check_train_timesteps(T);
   if (S < 1 || S > T) {
     throw std::invalid_argument("num_inference_steps must be between 1 and num_train_timesteps=" +
                                 std::to_string(T) + ", got " + std::to_string(S));
@@ -140,9 +140,7 @@ std::vector<int64_t> make_dpmsolver_timesteps(int64_t T, int64_t S, const std::s
 }
 
 std::vector<int64_t> validate_timesteps(const std::vector<int64_t>& ts, int64_t T) {
-  if (T < 1) {
-    throw std::invalid_argument("num_train_timesteps must be >= 1, got " + std::to_string(T));
-  }
+  check_train_timesteps(T);
   if (ts.empty()) throw std::invalid_argument("timesteps is empty");
   for (size_t i = 0; i < ts.size(); ++i) {
     if (ts[i] < 0 || ts[i] >= T) {

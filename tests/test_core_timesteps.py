@@ -131,7 +131,7 @@ def test_steps_offset_applies_to_leading_only() -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        ((0, 1, "leading"), "num_train_timesteps must be >= 1"),
+        ((0, 1, "leading"), "num_train_timesteps must be between 1 and"),
         ((10, 0, "leading"), "num_inference_steps must be between 1 and num_train_timesteps=10"),
         ((10, 11, "trailing"), "num_inference_steps"),
         ((10, 5, "uniform"), "unknown timestep_spacing 'uniform'"),

@@ -238,6 +238,10 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         end) when the list starts with a repeated timestep (e.g. 'leading' with S = T).
         """
         t = as_timestep(timestep)
+        if not 0 <= t < self.num_train_timesteps:  # diffusers' rule is for in-range timesteps
+            raise ValueError(
+                f"timestep {t} is outside the training timesteps 0..{self.num_train_timesteps - 1}"
+            )
         if len(self.timesteps) and t == int(self.timesteps[0]):
             return 0
         where = np.flatnonzero(self.timesteps == t)
