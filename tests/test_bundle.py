@@ -150,6 +150,20 @@ def test_gene_count_inconsistent(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
+@pytest.mark.parametrize("edit", ["drop the last gene", "rename a gene"])
+def test_a_consistently_edited_gene_list_is_refused(bundle_copy: Path, edit: str) -> None:
+    # genes, the preprocessing record and the architecture all agree; the weights say otherwise
+    # (a patched DiT has the same tensors for 99 and 100 genes, so only the stamp can tell).
+    def consistent(cfg: dict) -> None:
+        genes = cfg["genes"][:-1] if edit == "drop the last gene" else ["X", *cfg["genes"][1:]]
+        cfg["genes"] = cfg["preprocessing"]["genes"] = genes
+        cfg["architecture"]["n_genes"] = len(genes)
+
+    _edit_config(bundle_copy, consistent)
+    with pytest.raises(BundleError, match="trained on 100 genes .* the gene list was edited"):
+        load_bundle(bundle_copy)
+
+
 def test_label_sizes_inconsistent(bundle_copy: Path) -> None:
     _edit_config(bundle_copy, lambda c: c["labels"]["vocabularies"]["batch"].append("extra"))
     with pytest.raises(BundleError, match="label_sizes .* do not match the label vocabularies"):

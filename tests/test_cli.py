@@ -175,3 +175,34 @@ def test_train_small_on_kang_then_sample(tmp_path: Path) -> None:
     assert set(adata.obs["stim"].astype(str)) <= {"CTRL", "STIM"}
     x = adata.X.toarray()
     assert np.isfinite(x).all() and (x >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("delete", "is gone"),
+        ("garble", "is corrupt"),
+        ("point outside", "outside the bundle"),
+    ],
+)
+def test_info_checks_the_exports_it_lists(
+    tiny_onnx_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage, problem
+) -> None:
+    import json
+    import shutil
+
+    bundle = Path(shutil.copytree(tiny_onnx_bundle, tmp_path / "b"))
+    onnx = bundle / "onnx" / "model.fp32.onnx"
+    if damage == "delete":
+        onnx.unlink()
+    elif damage == "garble":
+        onnx.write_bytes(b"not a model")
+    else:
+        shutil.copy(onnx, tmp_path / "sibling.onnx")
+        manifest = json.loads((bundle / "exports.json").read_text())
+        for entry in manifest["onnx"].values():
+            entry["file"] = "../sibling.onnx"
+        (bundle / "exports.json").write_text(json.dumps(manifest))
+    assert main(["info", str(bundle)]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("onnx")][0]
+    assert "unusable" in line and problem in line and "parity" not in line

@@ -54,6 +54,11 @@ def test_composition_file_sets_the_label_mix(tiny_bundle: Path, tmp_path: Path) 
         (["--shard", "3/3"], "k/N"),
         (["--engine", "tensorrt"], "GPU"),
         (["--composition", "missing.h5ad"], "does not exist"),
+        (["--guidance", "1e30"], "guidance must be between 0"),
+        (["--guidance", "-1"], "guidance must be between 0"),
+        (["--eta", "2"], "eta must be between 0"),
+        (["--threads", "0"], "threads must be"),
+        (["--seed", "-1"], "seed must be"),
     ],
 )
 def test_bad_bulk_options_are_one_line_errors(
@@ -70,3 +75,25 @@ def test_unknown_engine_is_a_usage_error(tiny_bundle: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exc:
         main(["sample", str(tiny_bundle), "--n-cells", "3", "--engine", "warp", "--out", "x.h5ad"])
     assert exc.value.code == 1 and "invalid choice: 'warp'" in capsys.readouterr().err
+
+
+def test_garbage_values_are_refused_not_written(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    import importlib
+
+    gen_module = importlib.import_module("cellsynth.generate")
+    real_load = gen_module.load_denoiser
+
+    def exploding(*args, **kwargs):
+        denoiser, why = real_load(*args, **kwargs)
+        denoise = denoiser.denoise
+        denoiser.denoise = lambda *a, **k: denoise(*a, **k) * np.float32(1e20)
+        return denoiser, why
+
+    monkeypatch.setattr(gen_module, "load_denoiser", exploding)
+    out = tmp_path / "x.h5ad"
+    assert main(["sample", str(tiny_bundle), *BASE, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cells 0..4 hold log-normalised values up to" in err and "broken" in err
+    assert not out.exists()

@@ -87,3 +87,19 @@ def test_unconditional_model() -> None:
         assign_labels(spec, 5, {"cell_type": "B"})
     with pytest.raises(DataError, match="at least 1"):
         assign_labels(spec, 0)
+
+
+def test_label_runs_make_only_the_cells_asked_for() -> None:
+    from cellsynth.conditions import assign_label_runs
+
+    runs = assign_label_runs(SPEC, 10**12, seed=4)  # a trillion cells: nothing per cell yet
+    assert runs.shape == (10**12, 2)
+    shard = runs[5 * 10**11 : 5 * 10**11 + 1000]
+    assert shard.shape == (1000, 2) and shard.dtype == np.int64
+    small = assign_label_runs(SPEC, 5000, seed=4)
+    whole = small[:]
+    np.testing.assert_array_equal(whole, assign_labels(SPEC, 5000, seed=4))
+    for a, b in [(0, 1), (17, 2500), (4999, 5000), (1234, 1234), (0, 5000)]:
+        np.testing.assert_array_equal(small[a:b], whole[a:b])
+    assert small.digest() == assign_label_runs(SPEC, 5000, seed=4).digest()
+    assert small.digest() != assign_label_runs(SPEC, 5000, seed=5).digest()

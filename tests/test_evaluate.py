@@ -165,6 +165,9 @@ def test_cli_end_to_end_and_one_line_errors(halves, tmp_path: Path, capsys) -> N
     assert "counts from X" in saved["evaluation"]["synthetic"]["representation"]
     assert set(saved["by_label"]["stim"]["classes"]) == {"CTRL", "STIM"}
 
+    assert main([*argv, "--label", "stim"]) == 1  # the report is kept
+    assert "pass --overwrite" in capsys.readouterr().err
+    argv.append("--overwrite")
     assert main([*argv, "--label", "no_such_column"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("cellsynth: error: the real data") and "no_such_column" in err
@@ -178,6 +181,7 @@ def test_cli_end_to_end_and_one_line_errors(halves, tmp_path: Path, capsys) -> N
                 str(tmp_path / "syn.h5ad"),
                 "--out",
                 str(out),
+                "--overwrite",
             ]
         )
         == 1

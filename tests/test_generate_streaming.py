@@ -73,6 +73,89 @@ def test_resume_after_an_interruption_gives_the_same_values(
     np.testing.assert_array_equal(_dense(got), reference.X.toarray())
 
 
+def _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks: int, **kw) -> None:
+    import importlib
+
+    gen_module = importlib.import_module("cellsynth.generate")
+    original, calls = gen_module._Run.chunk, {"n": 0}
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > after_chunks:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(gen_module._Run, "chunk", dies)
+        with pytest.raises(KeyboardInterrupt):
+            cellsynth.generate(tiny_bundle, out=out, chunk_size=10, **{**KW, **kw})
+
+
+def test_resume_refuses_chunks_it_cannot_prove_are_its_own(
+    tiny_bundle, tmp_path, monkeypatch
+) -> None:
+    out = tmp_path / "cells.h5ad"
+    _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks=2, seed=3)
+    (chunk_dir_for(out) / "run.json").unlink()
+    with pytest.raises(CellsynthError, match="run.json is missing"):
+        cellsynth.generate(tiny_bundle, out=out, chunk_size=10, resume=True, **{**KW, "seed": 4})
+
+
+def test_a_chunk_of_other_settings_is_computed_again(
+    tiny_bundle, reference, tmp_path, monkeypatch, capsys
+) -> None:
+    # Chunks of a seed-3 run moved under a seed-5 run's directory (run.json agrees, the chunks
+    # do not): every one is named and computed again, none is mixed in.
+    theirs, ours = tmp_path / "theirs.h5ad", tmp_path / "ours.h5ad"
+    _interrupted_run(tiny_bundle, theirs, monkeypatch, after_chunks=2, seed=3)
+    _interrupted_run(tiny_bundle, ours, monkeypatch, after_chunks=1)
+    for f in chunk_dir_for(theirs).glob("cells-*.npz"):
+        f.replace(chunk_dir_for(ours) / f.name)
+    got = cellsynth.generate(tiny_bundle, out=ours, chunk_size=10, resume=True, **KW)
+    np.testing.assert_array_equal(_dense(got), reference.X.toarray())
+    err = capsys.readouterr().err
+    assert err.count("was made with other settings; computing it again") == 2
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]), "cannot be read"),
+        (lambda f: f.write_bytes(b""), "cannot be read"),
+    ],
+)
+def test_a_damaged_chunk_is_named_and_computed_again(
+    tiny_bundle, reference, tmp_path, monkeypatch, capsys, damage, problem
+) -> None:
+    out = tmp_path / "cells.h5ad"
+    _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks=2)
+    bad = chunk_dir_for(out) / "cells-000000000010.npz"
+    damage(bad)
+    got = cellsynth.generate(tiny_bundle, out=out, chunk_size=10, resume=True, **KW)
+    np.testing.assert_array_equal(_dense(got), reference.X.toarray())
+    err = capsys.readouterr().err
+    assert f"{bad} {problem}" in err and "computing it again" in err
+
+
+def test_a_chunk_of_the_wrong_width_is_computed_again(
+    tiny_bundle, reference, tmp_path, monkeypatch, capsys
+) -> None:
+    import scipy.sparse as sp
+
+    from cellsynth.chunks import ChunkStore
+
+    out = tmp_path / "cells.h5ad"
+    _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks=2)
+    store = ChunkStore.__new__(ChunkStore)
+    store.path, store.digest = chunk_dir_for(out), None
+    with np.load(store.path / "cells-000000000000.npz") as z:
+        store.digest = str(z["meta.settings"])
+    store.save(0, 10, {"X": sp.csr_matrix(np.ones((10, 99), dtype=np.float32))})
+    got = cellsynth.generate(tiny_bundle, out=out, chunk_size=10, resume=True, **KW)
+    np.testing.assert_array_equal(_dense(got), reference.X.toarray())
+    assert "has 'X' of shape (10, 99), not (10, 100)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("n_shards", [2, 3])
 def test_shards_hold_exactly_the_unsharded_cells(tiny_bundle, reference, n_shards) -> None:
     parts = [cellsynth.generate(tiny_bundle, shard=(k, n_shards), **KW) for k in range(n_shards)]

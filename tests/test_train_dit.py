@@ -68,6 +68,42 @@ def test_resume_keeps_the_checkpoints_gene_order_and_refuses_another(
     assert sorted(order) == list(range(50)) and order != list(range(50))
 
 
+def _renamed(adata, n: int):
+    other = adata.copy()
+    other.var_names = [f"other{j}" if j < n else g for j, g in enumerate(adata.var_names)]
+    return other
+
+
+def _recounted(adata):
+    other = adata.copy()  # (doubling every count would not do: normalisation undoes it)
+    x = other.X.toarray()
+    x[::2, :10] += 3
+    other.X = type(adata.X)(x)
+    return other
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: _renamed(a, 80), r"genes differ"),
+        (_recounted, "the expression values differ"),
+    ],
+)
+def test_resume_on_other_data_of_the_same_shape_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change, message
+) -> None:
+    adata = make_toy_adata(n_cells=160, n_genes=80)
+    out = tmp_path / "b"
+    monkeypatch.setattr(pipeline, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_dit_bundle(adata, ["cell_type"], out, gene_order="input", **OPTIONS)
+    monkeypatch.setattr(pipeline, "train", real_train)
+    with pytest.raises(ValueError, match=f"other data of the same shape.*{message}"):
+        pipeline.train_dit_bundle(change(adata), ["cell_type"], out, resume=True,
+                                  gene_order="input", **OPTIONS)  # fmt: skip
+    assert not out.exists()
+
+
 def test_bundle_records_training_provenance(tiny_bundle: Path) -> None:
     training = cellsynth.load_bundle(tiny_bundle).config["training"]
     assert training["epochs"] == 2 and training["seed"] == 0

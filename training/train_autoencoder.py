@@ -23,6 +23,7 @@ import torch
 from cellsynth import datasets
 from cellsynth.bundle import LabelSpec, save_bundle
 from cellsynth.data import prepare
+from cellsynth.files import remove_orphans
 from cellsynth.training.autoencoder import (
     AutoEncoderTraining,
     build_autoencoder,
@@ -105,6 +106,7 @@ def train_autoencoder_bundle(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (choose another --out or remove it)")
+    remove_orphans(out)  # what a killed earlier run of this bundle left (its process is gone)
     if triplet_weight > 0 and not label_keys:
         raise ValueError("the triplet term needs a label: pass --label KEY")
     if likelihood != "mse" and triplet_weight > 0:

@@ -23,6 +23,7 @@ import torch
 from cellsynth import datasets
 from cellsynth.bundle import LabelSpec, save_bundle
 from cellsynth.data import prepare, zero_negate
+from cellsynth.files import remove_orphans
 from cellsynth.schedules import NoiseSchedule
 from cellsynth.training import training_report
 from cellsynth.training.device import resolve_device
@@ -137,6 +138,7 @@ def train_dit_bundle(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (choose another --out or remove it)")
+    remove_orphans(out)  # what a killed earlier run of this bundle left (its process is gone)
     source = str(data) if not isinstance(data, anndata.AnnData) else "AnnData"
     adata = data if isinstance(data, anndata.AnnData) else datasets.load(data)
     prepared = prepare(
@@ -208,6 +210,7 @@ def train_dit_bundle(
         checkpoint_dir=ckpt,
         resume=resume,
         validator=validator,
+        identity={"genes": list(prepared.record.genes), "labels": prepared.vocabularies},
     )
     record = result.record(
         train_config,

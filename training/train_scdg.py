@@ -25,6 +25,7 @@ from cellsynth import datasets
 from cellsynth.bundle import LabelSpec, load_bundle, save_bundle
 from cellsynth.counts import LibraryModel, counts_and_expression
 from cellsynth.errors import DataError
+from cellsynth.files import remove_orphans
 from cellsynth.heldout import obs_labels, prepare_like
 from cellsynth.schedules import NoiseSchedule
 from cellsynth.training import training_report
@@ -90,6 +91,7 @@ def train_scdg_bundle(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (choose another --out or remove it)")
+    remove_orphans(out)  # what a killed earlier run of this bundle left (its process is gone)
     ae = load_bundle(autoencoder)
     if ae.kind != "autoencoder":
         raise DataError(f"{ae.path} is a {ae.kind} bundle, not an autoencoder bundle")
@@ -156,6 +158,7 @@ def train_scdg_bundle(
         train_config,
         checkpoint_dir=ckpt,
         validator=validator,
+        identity={"genes": list(prepared.record.genes), "labels": vocab},
     )
     record = result.record(
         train_config,

@@ -303,12 +303,34 @@ def _check_data(
     return x, labels
 
 
-def _fingerprint(x: np.ndarray, labels: np.ndarray) -> str:
-    """Short content hash of the training data (to warn when a resume sees other data)."""
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """Short content hash of the training data (a resume on other data is refused)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(x.tobytes())
-    h.update(labels.tobytes())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _data_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between the data a checkpoint was trained on and this run's, in words."""
+    changes = []
+    old_ids, new_ids = then.get("identity") or {}, now.get("identity") or {}
+    old_genes, new_genes = old_ids.get("genes"), new_ids.get("genes")
+    if old_genes is not None and new_genes is not None and old_genes != new_genes:
+        differ = sum(a != b for a, b in zip(old_genes, new_genes, strict=False))
+        differ += abs(len(old_genes) - len(new_genes))
+        changes.append(f"{differ} of {len(new_genes)} genes differ")
+    for key in sorted(set(old_ids) | set(new_ids) - {"genes"}):
+        if key != "genes" and old_ids.get(key) != new_ids.get(key):
+            changes.append(f"{key} differ ({old_ids.get(key)} then, {new_ids.get(key)} now)")
+    if "values" in then:  # checkpoints from before values and labels were hashed apart
+        if then["values"] != now["values"]:
+            changes.append("the expression values differ (other cells or preprocessing)")
+        if then["labels"] != now["labels"]:
+            changes.append("the cells' labels differ")
+    elif then["fingerprint"] != now["fingerprint"]:
+        changes.append("the expression values or labels differ")
+    return changes
 
 
 def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, Any]:
@@ -431,10 +453,11 @@ def _check_resume(
                 f"cannot resume from {path}: it was trained on data with {key}="
                 f"{ckpt['data'][key]}, this data has {key}={data[key]}"
             )
-    if ckpt["data"]["fingerprint"] != data["fingerprint"]:
-        warnings.warn(
-            f"resuming from {path} with data of the same shape but different values",
-            stacklevel=3,
+    changed = _data_changes(ckpt["data"], data)
+    if changed:
+        raise ValueError(
+            f"cannot resume from {path}: it was trained on other data of the same shape "
+            f"({'; '.join(changed)}); start a new run (another --out) for this data"
         )
     if schedule is not None and ckpt["schedule"] is not None:
         if _canonical(ckpt["schedule"]) != _canonical(schedule):
@@ -482,6 +505,7 @@ def train(
     *,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
     validator: Callable[[nn.Module], dict[str, Any]] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a denoiser (normally a :class:`~cellsynth.training.dit.DiT`) as a DDPM.
 
@@ -513,6 +537,9 @@ def train(
         recording, called with the EMA weights loaded in a copy of the model, every
         ``config.validate_every`` steps and at the end. The weights of the best validation are
         returned (``TrainResult.best``), not the last ones.
+    identity : dict, optional
+        What the data is beyond its values (``genes``: the gene list; ``labels``: each label's
+        classes); kept in checkpoints so that a resume on other data names what changed.
 
     Returns
     -------
@@ -522,10 +549,10 @@ def train(
     ------
     ValueError
         Empty data, NaN/inf values, shape mismatches, labels out of range, or a checkpoint that
-        belongs to another model, data shape or training recipe.
+        belongs to another model, data (shape, genes, labels or values) or training recipe.
     """
     x, labels = _check_data(model, x, labels)
-    run = _Run(model, x, labels, schedule, config, validator)
+    run = _Run(model, x, labels, schedule, config, validator, identity)
     run.restore(checkpoint_dir, resume)
     return run.loop(callback)
 
@@ -541,6 +568,7 @@ class _Run:
         schedule: Any,
         config: TrainConfig,
         validator: Callable[[nn.Module], dict[str, Any]] | None,
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.config, self.validator = model, config, validator
         self.N = x.shape[0]
@@ -562,6 +590,9 @@ class _Run:
             "n_genes": x.shape[1],
             "label_sizes": [int(s) for s in model.label_sizes],
             "fingerprint": _fingerprint(x, labels),
+            "values": _fingerprint(x),
+            "labels": _fingerprint(labels),
+            "identity": json.loads(json.dumps(dict(identity or {}))),
         }
         model.to(device)
         self.optimizer = _make_optimizer(model, config)

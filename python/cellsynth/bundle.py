@@ -358,7 +358,11 @@ def save_bundle(
             config["autoencoder"] = {"path": AUTOENCODER_DIR, "config_sha256": ae.hash}
         for which, state in states.items():
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-            save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata={"format": "pt"})
+            # The gene list is written into the weights too: a config.json edited consistently
+            # (genes, record, architecture) must not pass, and a patched model's tensors alone
+            # do not show its number of genes.
+            metadata = {"format": "pt", **_genes_stamp(config["genes"])}
+            save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata=metadata)
             config["weights"][WEIGHT_FILES[which]] = sha256_file(tmp / WEIGHT_FILES[which])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         for name, write in (files or {}).items():
@@ -500,18 +504,16 @@ def _validate_autoencoder_link(bundle: Bundle) -> None:
         )
 
 
+def _genes_stamp(genes: list[str]) -> dict[str, str]:
+    digest = hashlib.sha256("\n".join(genes).encode()).hexdigest()
+    return {"genes_count": str(len(genes)), "genes_sha256": digest}
+
+
 def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights: bool) -> None:
     from safetensors import safe_open
 
     recorded = bundle.config["weights"]
-    module = None
-    if check_against_torch:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            module = None  # the torch-free runtime checks checksums and headers only
-        else:
-            module = _build_module(bundle.architecture, device="meta")
+    headers = []
     for filename in (WEIGHT_FILES[w] for w in KIND_WEIGHTS[bundle.kind]):
         path = bundle.path / filename
         if not path.is_file():
@@ -523,7 +525,22 @@ def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights:
         try:
             with safe_open(str(path), framework="numpy") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                stamp = {k: v for k, v in (f.metadata() or {}).items() if k.startswith("genes")}
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise BundleError(f"{path} is corrupt: cannot be read as safetensors ({exc})") from exc
-        if module is not None:
+        # Weights written before the stamp existed carry none; there is nothing to compare.
+        if stamp and stamp != _genes_stamp(bundle.genes):
+            raise BundleError(
+                f"{path} was trained on {stamp.get('genes_count')} genes (gene list SHA-256 "
+                f"{stamp.get('genes_sha256', '')[:12]}), not the {len(bundle.genes)} genes listed "
+                f"in {bundle.path / CONFIG_FILE}: the gene list was edited"
+            )
+        headers.append((path, shapes))
+    if check_against_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return  # the torch-free runtime checks checksums and headers only
+        module = _build_module(bundle.architecture, device="meta")
+        for path, shapes in headers:
             _check_state_matches(module, shapes, path)

@@ -4,18 +4,26 @@ A run writing ``OUT.h5ad`` keeps ``.OUT.h5ad.chunks/`` beside it:
 
     run.json                    the settings that determine the values (checked on resume)
     cells-000000000000.npz      one file per chunk, named by the global index of its first cell,
-    ...                         each written under a temporary name and renamed when complete
+    ...                         each written under a temporary name and renamed when complete;
+                                each carries the digest of the settings and its cell range
 
 When every chunk is there, the chunks are streamed into the final .h5ad (under a temporary name,
 then renamed) and the directory is removed. Chunk boundaries are global cell indices, and every
 cell's values depend only on its global index, so a resumed run equals an uninterrupted one.
+
+Resuming trusts nothing it cannot check: a directory without its run.json is refused, and a
+chunk that cannot be read, was made with other settings or holds other cells or genes is named
+and computed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellsynth.errors import CellsynthError
+from cellsynth.files import atomic_path, remove_orphans_in
 
 RUN_FILE = "run.json"
 
@@ -56,7 +65,16 @@ class ChunkStore:
                 f"an interrupted run left {self.path}; pass --resume (resume=True) to continue it "
                 "or delete that directory to start over"
             )
-        if self.path.exists() and run_file.is_file():
+        if self.path.exists():
+            # Half-written chunks of a killed earlier run (its process is gone) are never read.
+            remove_orphans_in(self.path, r"cells-\d{12}", r"\.npz")
+        if self.path.exists() and not run_file.is_file():
+            raise CellsynthError(
+                f"cannot resume {self.path}: its {RUN_FILE} is missing, so nothing proves its "
+                "chunks were made with these settings; delete that directory to start over"
+            )
+        self.digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
+        if self.path.exists():
             previous = json.loads(run_file.read_text())
             differ = sorted(
                 k
@@ -77,12 +95,44 @@ class ChunkStore:
     def _file(self, start: int) -> Path:
         return self.path / f"cells-{start:012d}.npz"
 
-    def has(self, start: int) -> bool:
-        return self._file(start).is_file()
+    def has(self, start: int, stop: int, shapes: Mapping[str, int]) -> bool:
+        """Whether a sound chunk of cells [start, stop) is stored; an unsound one is removed.
 
-    def save(self, start: int, matrices: Mapping[str, sp.csr_matrix]) -> None:
+        ``shapes`` maps each matrix the chunk must hold to its number of columns.
+        """
+        path = self._file(start)
+        if not path.is_file():
+            return False
+        problem = self._problem(start, stop, shapes)
+        if problem is None:
+            return True
+        print(f"cellsynth: {path} {problem}; computing it again", file=sys.stderr)
+        path.unlink()
+        return False
+
+    def _problem(self, start: int, stop: int, shapes: Mapping[str, int]) -> str | None:
+        try:
+            with np.load(self._file(start)) as z:
+                if "meta.settings" not in z.files or str(z["meta.settings"]) != self.digest:
+                    return "was made with other settings"
+                if z["meta.cells"].tolist() != [start, stop]:
+                    return f"holds cells {z['meta.cells'].tolist()}, not [{start}, {stop}]"
+            matrices = self.load(start)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            return f"cannot be read ({type(exc).__name__}: {exc})"
+        for name, width in shapes.items():
+            if name not in matrices:
+                return f"has no {name!r}"
+            if matrices[name].shape != (stop - start, width):
+                return f"has {name!r} of shape {matrices[name].shape}, not {(stop - start, width)}"
+        return None
+
+    def save(self, start: int, stop: int, matrices: Mapping[str, sp.csr_matrix]) -> None:
         """Store a finished chunk's CSR matrices (e.g. 'X', 'counts') atomically."""
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {
+            "meta.settings": np.array(self.digest),
+            "meta.cells": np.array([start, stop], dtype=np.int64),
+        }
         for name, m in matrices.items():
             m = sp.csr_matrix(m)
             arrays.update(
@@ -93,13 +143,12 @@ class ChunkStore:
                     f"{name}.shape": np.asarray(m.shape),
                 }
             )
-        tmp = self.path / f".cells-{start:012d}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self._file(start))
+        with atomic_path(self._file(start), sweep=False) as tmp:
+            np.savez(tmp, **arrays)
 
     def load(self, start: int) -> dict[str, sp.csr_matrix]:
         with np.load(self._file(start)) as z:
-            names = {k.split(".")[0] for k in z.files}
+            names = {k.split(".")[0] for k in z.files} - {"meta"}
             return {
                 n: sp.csr_matrix(
                     (z[f"{n}.data"], z[f"{n}.indices"], z[f"{n}.indptr"]),

@@ -46,13 +46,56 @@ def _codes_for(spec: LabelSpec, conditions: Mapping[str, ConditionValue]) -> dic
     return allowed
 
 
+class LabelRuns:
+    """The label codes of a run's cells, held as runs of equal combinations (cells are grouped by
+    combination): ``runs[a:b]`` makes the int64 [b - a, K] codes of cells a..b-1 only, so a shard
+    of a billion-cell run costs the memory of its own cells, not of all of them."""
+
+    def __init__(self, combos: np.ndarray, counts: np.ndarray) -> None:
+        self.combos = np.asarray(combos, dtype=np.int64)  # [M, K]
+        self.counts = np.asarray(counts, dtype=np.int64)  # [M]
+        self.ends = np.cumsum(self.counts)
+        self.shape = (int(self.ends[-1]) if len(self.ends) else 0, self.combos.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, cells: slice) -> np.ndarray:
+        if not isinstance(cells, slice):
+            raise TypeError("LabelRuns are read by slices of cells")
+        start, stop, step = cells.indices(len(self))
+        if step != 1:
+            raise ValueError("LabelRuns are read by contiguous slices")
+        starts = self.ends - self.counts
+        taken = np.clip(np.minimum(self.ends, stop) - np.maximum(starts, start), 0, None)
+        return np.repeat(self.combos, taken, axis=0)
+
+    def digest(self) -> str:
+        """A short hash of every cell's codes (the same runs give the same digest)."""
+        import hashlib
+
+        h = hashlib.sha256(np.ascontiguousarray(self.combos).tobytes())
+        h.update(np.ascontiguousarray(self.counts).tobytes())
+        return h.hexdigest()[:16]
+
+
 def assign_labels(
     spec: LabelSpec,
     n_cells: int,
     conditions: Mapping[str, ConditionValue] | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """Label codes int64 [n_cells, K] for the cells to generate, grouped by combination.
+    """Label codes int64 [n_cells, K] for the cells to generate, grouped by combination."""
+    return assign_label_runs(spec, n_cells, conditions, seed)[:]
+
+
+def assign_label_runs(
+    spec: LabelSpec,
+    n_cells: int,
+    conditions: Mapping[str, ConditionValue] | None = None,
+    seed: int = 0,
+) -> LabelRuns:
+    """:func:`assign_labels` as :class:`LabelRuns` (nothing per cell is made up front).
 
     Combinations are drawn in proportion to their training counts among those matching
     ``conditions``. When every key is named, a combination unseen in training is allowed (with a
@@ -64,7 +107,7 @@ def assign_labels(
     if K == 0:
         if conditions:
             _codes_for(spec, conditions)  # raises: nothing can be named
-        return np.zeros((n_cells, 0), dtype=np.int64)
+        return LabelRuns(np.zeros((1, 0), dtype=np.int64), [n_cells])
     allowed = _codes_for(spec, conditions or {})
     combos = [
         (codes, count)
@@ -87,11 +130,17 @@ def assign_labels(
     codes = np.array([c for c, _ in combos], dtype=np.int64)
     weights = np.array([n for _, n in combos], dtype=np.float64)
     counts = np.random.default_rng(seed).multinomial(n_cells, weights / weights.sum())
-    return np.repeat(codes, counts, axis=0)
+    return LabelRuns(codes, counts)
 
 
 def composition_labels(spec: LabelSpec, obs: Any, n_cells: int) -> np.ndarray:
-    """Label codes int64 [n_cells, K] matching the joint label mix of a real dataset.
+    """Label codes int64 [n_cells, K] matching the joint label mix of a real dataset."""
+    return composition_label_runs(spec, obs, n_cells)[:]
+
+
+def composition_label_runs(spec: LabelSpec, obs: Any, n_cells: int) -> LabelRuns:
+    """:func:`composition_labels` as :class:`LabelRuns`; the codes match the joint label mix of a
+    real dataset.
 
     Parameters
     ----------
@@ -112,7 +161,7 @@ def composition_labels(spec: LabelSpec, obs: Any, n_cells: int) -> np.ndarray:
         )
     K = len(spec.keys)
     if K == 0:
-        return np.zeros((n_cells, 0), dtype=np.int64)
+        return LabelRuns(np.zeros((1, 0), dtype=np.int64), [n_cells])
     columns = []
     for key in spec.keys:
         values = obs[key].astype(str).to_numpy()
@@ -131,4 +180,4 @@ def composition_labels(spec: LabelSpec, obs: Any, n_cells: int) -> np.ndarray:
     # Largest remainder; ties go to the more common combination, then the lower codes.
     order = np.lexsort((-real_counts, -(exact - counts)))
     counts[order[: n_cells - counts.sum()]] += 1
-    return np.repeat(combos, counts, axis=0)
+    return LabelRuns(combos, counts)

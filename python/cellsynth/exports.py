@@ -121,6 +121,11 @@ def export_path(bundle: Any, kind: str, key: str, verify: bool = True) -> Path:
             f"{root} has no {kind} export {key!r}; make it with: {_hint(root, kind, key)}"
         )
     path = root / entry["file"]
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(
+            f"{root / EXPORTS_FILE} lists {entry['file']!r}, outside the bundle; an export "
+            "is a file inside its bundle (re-export to repair the manifest)"
+        )
     if not path.is_file():
         raise BundleError(f"{root} is incomplete: {entry['file']} (listed in exports.json) is gone")
     if verify and sha256_file(path) != entry["sha256"]:

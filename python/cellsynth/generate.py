@@ -46,7 +46,12 @@ from cellsynth._version import __version__
 from cellsynth.backends import load_decoder, load_denoiser
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.chunks import ChunkStore
-from cellsynth.conditions import ConditionValue, assign_labels, composition_labels
+from cellsynth.conditions import (
+    ConditionValue,
+    LabelRuns,
+    assign_label_runs,
+    composition_label_runs,
+)
 from cellsynth.counts import (
     LibraryModel,
     counts_and_expression,
@@ -54,13 +59,18 @@ from cellsynth.counts import (
     expression_to_counts,
 )
 from cellsynth.errors import BundleError, DataError
-from cellsynth.files import atomic_path
+from cellsynth.files import atomic_path, check_output, remove_orphans
 from cellsynth.h5ad_stream import StreamingH5ADWriter
 
 SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 NOISE = "philox4x32-10"
 DEFAULT_CHUNK_CELLS = 8192
+# log1p-normalised expression beyond this is garbage, not a cell (a real cell's values stay below
+# log1p(target_sum), about 9; e^1000 overflows every float): it is refused, never written.
+MAX_LOG_EXPRESSION = 1000.0
+# Classifier-free guidance beyond this only amplifies the model's errors (values explode).
+MAX_GUIDANCE = 50.0
 
 
 def generate(
@@ -85,7 +95,8 @@ def generate(
     mean: bool = False,
     out: str | os.PathLike | None = None,
     resume: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_CELLS,
+    chunk_size: int | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> anndata.AnnData:
     """Sample synthetic cells.
@@ -148,8 +159,11 @@ def generate(
     resume : bool
         With ``out``: continue an interrupted run with the same settings.
     chunk_size : int
-        Cells per chunk on disk (the unit of resuming); rounded up to a multiple of
-        ``batch_size``.
+        Cells per chunk on disk (the unit of resuming; default 8192); rounded up to a multiple
+        of ``batch_size`` (and said so, when it was asked for).
+    overwrite : bool
+        With ``out``: replace an existing file (without it, an existing ``out`` is an error,
+        raised before any work).
 
     Returns
     -------
@@ -170,19 +184,36 @@ def generate(
             "latent diffusion model on it (cellsynth train scdg) and sample from that"
         )
     _check_options(n_cells, steps, eta, guidance, scheduler, timestep_spacing, batch_size, b)
+    asked = chunk_size is not None
+    chunk_size = DEFAULT_CHUNK_CELLS if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
-    chunk_size = -(-chunk_size // batch_size) * batch_size  # whole batches on the global grid
     if resume and out is None:
         raise DataError("resume needs an output file (out=... / --out) to resume into")
     if out is not None and not str(out).endswith(".h5ad"):
         raise DataError(f"the output must be an .h5ad file, got {out}")
+    if out is not None:
+        check_output(out, overwrite)  # before any work: a bad --out costs nothing
+        remove_orphans(out)  # the half-assembled file of a killed earlier run
+    if chunk_size % batch_size:
+        rounded = -(-chunk_size // batch_size) * batch_size
+        if progress and asked and out is not None:
+            print(
+                f"cellsynth: chunk size {chunk_size} rounded up to {rounded} cells (chunks hold "
+                f"whole batches of {batch_size})",
+                file=sys.stderr,
+            )
+        chunk_size = rounded  # whole batches on the global grid
     lo, hi = shard_range(n_cells, shard, align=batch_size)
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise DataError(f"threads must be a whole number >= 1, got {threads!r}")
+    if not (isinstance(seed, int | np.integer) and 0 <= seed < 2**64):
+        raise DataError(f"seed must be a whole number between 0 and 2^64 - 1, got {seed!r}")
     if threads is not None:
         from cellsynth import _core
 
         _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
-    codes = _labels(b, n_cells, conditions, composition, seed)  # [n_cells, K], all shards
+    codes = _labels(b, n_cells, conditions, composition, seed)  # runs over all shards' cells
     denoiser, why = load_denoiser(
         b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
     )
@@ -237,7 +268,7 @@ def generate(
         "weights": weights,
         "engine": denoiser.name,
         "precision": denoiser.details.get("precision"),
-        "labels_sha": _labels_digest(codes),
+        "labels_sha": codes.digest(),
         "counts": bool(counts),
         "mean": bool(mean),
         "chunk_size": int(chunk_size),
@@ -291,9 +322,10 @@ def generate(
                 uns={"cellsynth": provenance},
             )
         store = ChunkStore(out, settings, resume=resume)
+        shapes = {"X": len(b.genes), **({"counts": len(b.genes)} if counts else {})}
         for start, stop in chunks:
-            if not store.has(start):
-                store.save(start, run.chunk(codes, start, stop, counts))
+            if not store.has(start, stop, shapes):
+                store.save(start, stop, run.chunk(codes, start, stop, counts))
             bar.update(stop - start)
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         _assemble(out, store, chunks, obs, var, counts, provenance)
@@ -381,7 +413,7 @@ class _Run:
         self.width = b.width  # G, or the latent width D
 
     def denoised(
-        self, codes: np.ndarray, start: int, stop: int
+        self, codes: LabelRuns, start: int, stop: int
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """(first cell, end, final model-space values [B, G] or latent codes [B, D]) per batch."""
         for s in range(start, stop, self.batch_size):
@@ -393,14 +425,27 @@ class _Run:
             x0 = self.denoiser.denoise(
                 self.sched, x_T, labels, null, self.guidance, s, self.step_options
             )  # [B, G] (or [B, D]) float32
+            if not np.isfinite(x0).all():
+                raise DataError(
+                    f"cells {s}..{e - 1} came out non-finite (guidance {self.guidance}): the "
+                    "model or the sampling options are broken; nothing was written for them"
+                )
             yield s, e, x0
 
-    def batches(self, codes: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
+    def batches(self, codes: LabelRuns, start: int, stop: int) -> Iterator[np.ndarray]:
         """Cells [B, G] float32 (log-normalised expression) of each batch."""
-        for _, _, x0 in self.denoised(codes, start, stop):
-            yield x0 if self.decoder is None else self.decoder(x0)  # [B, G] float32
+        for s, e, x0 in self.denoised(codes, start, stop):
+            x = x0 if self.decoder is None else self.decoder(x0)  # [B, G] float32
+            top = float(np.abs(x).max(initial=0.0))
+            if not top <= MAX_LOG_EXPRESSION:
+                raise DataError(
+                    f"cells {s}..{e - 1} hold log-normalised values up to {top:.3g} (a real "
+                    f"cell's stay below about 9; guidance {self.guidance}): the model or the "
+                    "sampling options are broken; nothing was written for them"
+                )
+            yield x
 
-    def chunk(self, codes: np.ndarray, start: int, stop: int, counts: bool) -> dict[str, Any]:
+    def chunk(self, codes: LabelRuns, start: int, stop: int, counts: bool) -> dict[str, Any]:
         """Cells ``start .. stop - 1``: {'X': CSR float32 [n, G]} (+ 'counts': CSR int32)."""
         if self.count_model and not self.mean:
             return self._count_chunk(codes, start, stop)
@@ -414,7 +459,7 @@ class _Run:
             out["counts"] = expression_to_counts(X, sizes, record.target_sum)
         return out
 
-    def _count_chunk(self, codes: np.ndarray, start: int, stop: int) -> dict[str, Any]:
+    def _count_chunk(self, codes: LabelRuns, start: int, stop: int) -> dict[str, Any]:
         """A count model's cells: library sizes and NB counts drawn per cell (keyed); X of them."""
         xs, cs = [], []
         for s, e, latents in self.denoised(codes, start, stop):
@@ -437,9 +482,10 @@ def _labels(
     conditions: Mapping[str, ConditionValue] | None,
     composition: Any,
     seed: int,
-) -> np.ndarray:
+) -> LabelRuns:
+    """Every cell's label codes, as runs: a shard makes only its own cells' codes."""
     if composition is None:
-        return assign_labels(b.labels, n_cells, conditions, seed=seed)
+        return assign_label_runs(b.labels, n_cells, conditions, seed=seed)
     if conditions:
         raise DataError("give either conditions or a composition to match, not both")
     if isinstance(composition, anndata.AnnData):
@@ -449,7 +495,7 @@ def _labels(
         if not path.is_file():
             raise DataError(f"composition file {path} does not exist")
         obs = anndata.read_h5ad(path, backed="r").obs
-    return composition_labels(b.labels, obs, n_cells)
+    return composition_label_runs(b.labels, obs, n_cells)
 
 
 def _output_kind(count_model: bool, mean: bool, counts: bool) -> str:
@@ -469,12 +515,6 @@ def _without_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: _without_none(v) if isinstance(v, Mapping) else v for k, v in d.items() if v is not None
     }
-
-
-def _labels_digest(codes: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _describe_source(composition: Any) -> str:
@@ -545,8 +585,8 @@ def _check_options(
         raise DataError(f"steps must be between 1 and the {T} training timesteps, got {steps}")
     if scheduler not in SCHEDULERS:
         raise DataError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    if not (math.isfinite(eta) and eta >= 0):
-        raise DataError(f"eta must be a finite number >= 0, got {eta}")
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise DataError(f"eta must be between 0 (deterministic) and 1 (DDPM-like), got {eta}")
     if timestep_spacing not in TIMESTEP_SPACINGS:
         raise DataError(
             f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}"
@@ -556,8 +596,11 @@ def _check_options(
             f"eta applies to the ddim scheduler only; {scheduler} has no eta "
             "(ddpm always adds its own noise, dpmsolver++ adds none)"
         )
-    if not math.isfinite(guidance):
-        raise DataError(f"guidance must be finite, got {guidance}")
+    if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise DataError(
+            f"guidance must be between 0 (unconditional) and {MAX_GUIDANCE:g}; 1 is off, "
+            f"2-5 is usual; got {guidance}"
+        )
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     if n_cells < 1:

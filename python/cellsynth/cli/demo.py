@@ -12,6 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compare with real held-out cells",
     )
     p.add_argument("--out", default="cellsynth-demo", help="output directory")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into --out even if it is not empty"
+    )
     p.add_argument("--bundle", default="kang-dit", help="bundle path or shipped name")
     p.add_argument("--cells-per-group", type=int, default=250, help="cells per label combination")
     p.add_argument("--scheduler", default="dpmsolver++", choices=["ddim", "ddpm", "dpmsolver++"])
@@ -23,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from cellsynth.demo import run_demo
+    from cellsynth.files import check_output
 
+    check_output(args.out, args.overwrite, directory=True)
     result = run_demo(
         out=args.out,
         bundle=args.bundle,

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(run=run)
 
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.out.endswith(".h5ad"):
         raise DataError(f"--out must be an .h5ad file, got {args.out}")
+    from cellsynth.files import check_output
+
+    check_output(args.out, args.overwrite)
     distill = training_module("distill", "distillation").distill
     import torch
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         **options,
     )
-    write_h5ad(result, args.out)
+    write_h5ad(result, args.out, overwrite=args.overwrite)
     info = result.uns["cellsynth_distill"]
     print(
         f"wrote {result.n_obs} synthetic cells ({args.spc} per class of {args.label!r}) to "

@@ -76,10 +76,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into --out even if it is not empty"
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    from cellsynth.files import check_output
+
+    check_output(args.out, args.overwrite, directory=True)
     module = training_module("distill_eval", "distill-eval (it trains classifiers)")
     evaluate_distilled, write_report = module.evaluate_distilled, module.write_report
     names = module.CLASSIFIER_NAMES

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", required=True, help="synthetic cells (.h5ad)")
     p.add_argument("--label", help="obs column present in both files, for the per-label breakdown")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into --out even if it is not empty"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     p.add_argument(
         "--umap", action="store_true", help="also draw a UMAP (needs umap-learn; slower)"
@@ -34,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from cellsynth.evaluate import KEY_METRICS, evaluate, ratio_to_floor
+    from cellsynth.files import check_output
 
+    check_output(args.out, args.overwrite, directory=True)
     result = evaluate(
         args.real,
         args.synthetic,

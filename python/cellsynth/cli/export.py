@@ -9,11 +9,17 @@ What ``--format onnx`` exports depends on the bundle's kind:
 * autoencoder: encoder and decoder (fp32).
 
 TensorRT engines are made for diffusion bundles only.
+
+A bundle shipped with cellsynth is read-only: ``--out DIR`` exports into a copy of any bundle,
+made under a temporary name and renamed when the export is complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 TENSORRT_DEFAULTS = {"precision": "fp16", "min_batch": 1, "opt_batch": 256, "max_batch": 1024}
@@ -30,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
     p.add_argument("--weights", default="ema", choices=["ema", "model"])
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="export into a copy of the bundle at DIR instead of into the bundle itself "
+        "(needed for a shipped bundle, which is read-only)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     onnx = p.add_argument_group("onnx")
     precision = onnx.add_mutually_exclusive_group()
     precision.add_argument(
@@ -65,13 +78,36 @@ def run(args: argparse.Namespace) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         fmt = "tensorrt" if args.format == "onnx" else "onnx"
         args.parser.error(f"{flags} only with --format {fmt}, not --format {args.format}")
-    if args.format == "onnx":
-        _onnx(args)
-    else:
-        _tensorrt(args)
+    from cellsynth.bundle import resolve_bundle_path
+    from cellsynth.files import atomic_directory, check_output
+
+    export = _onnx if args.format == "onnx" else _tensorrt
+    source = resolve_bundle_path(args.bundle)
+    if args.out is None:
+        _refuse_read_only(args, source)
+        export(args, source, shown=args.bundle)
+        return
+    check_output(args.out, args.overwrite, directory=True)
+    with atomic_directory(args.out, overwrite=True) as copy:
+        shutil.copytree(source, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.tmp*"))
+        export(args, copy, shown=args.out)
 
 
-def _onnx(args: argparse.Namespace) -> None:
+def _refuse_read_only(args: argparse.Namespace, source: Path) -> None:
+    from cellsynth.bundle import SHIPPED_DIR
+    from cellsynth.errors import BundleError
+
+    shipped = source.resolve().is_relative_to(SHIPPED_DIR.resolve())
+    if shipped or not os.access(source, os.W_OK):
+        why = "is shipped with cellsynth" if shipped else "is not writable"
+        raise BundleError(
+            f"{args.bundle} {why}, so the export cannot go into it; export into a copy: "
+            f"cellsynth export {args.bundle} --format {args.format} --out "
+            f"my-{Path(args.bundle).name}"
+        )
+
+
+def _onnx(args: argparse.Namespace, path: Path, shown: str) -> None:
     from cellsynth.bundle import load_bundle
     from cellsynth.export.onnx import export_latent_onnx, export_onnx
 
@@ -83,12 +119,12 @@ def _onnx(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "progress": True,
     }
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(path)
     if bundle.kind == "diffusion":
         if args.no_encoder:
             args.parser.error("--no-encoder only for latent_diffusion or autoencoder bundles")
         entry = export_onnx(bundle, precision=precision, **options)
-        print("\n".join(report_lines(args.bundle, entry)))
+        print("\n".join(report_lines(shown, entry)))
         return
     if bundle.kind == "autoencoder" and precision != "fp32":
         args.parser.error(
@@ -98,15 +134,16 @@ def _onnx(args: argparse.Namespace) -> None:
         bundle, encoder=not args.no_encoder, precision=precision, **options
     )
     for name, entry in entries.items():
-        root = args.bundle if name == "denoiser" else str(bundle.autoencoder.path)
+        part = Path(bundle.autoencoder.path) if name != "denoiser" else bundle.path
+        root = os.path.join(shown, os.path.relpath(part, bundle.path)).removesuffix(os.sep + ".")
         print("\n".join(report_lines(root, entry)))
 
 
-def _tensorrt(args: argparse.Namespace) -> None:
+def _tensorrt(args: argparse.Namespace, path: Path, shown: str) -> None:
     from cellsynth.bundle import load_bundle
     from cellsynth.exports import check_tensorrt_kind
 
-    check_tensorrt_kind(load_bundle(args.bundle, verify_weights=False))
+    check_tensorrt_kind(load_bundle(path, verify_weights=False))
     try:
         from cellsynth.export.tensorrt import build_engine
     except ImportError as exc:
@@ -118,8 +155,8 @@ def _tensorrt(args: argparse.Namespace) -> None:
         ) from exc
     opts = {k: getattr(args, k) for k in TENSORRT_DEFAULTS}
     opts = {k: v if v is not None else TENSORRT_DEFAULTS[k] for k, v in opts.items()}
-    entry = build_engine(load_bundle(args.bundle), onnx_precision="fp32", progress=True, **opts)
-    where = entry.get("path") or entry.get("file", "")
+    entry = build_engine(load_bundle(path), onnx_precision="fp32", progress=True, **opts)
+    where = os.path.join(shown, entry["file"]) if entry.get("file") else entry.get("path", "")
     gpu = f" for {entry['gpu']}" if entry.get("gpu") else ""
     built = f" in {entry['build_seconds']:.0f} s" if entry.get("build_seconds") else ""
     print(

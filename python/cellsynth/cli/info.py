@@ -144,20 +144,30 @@ def _describe_exports(bundle: Bundle, prefix: str = "", none_line: bool = True) 
     """One line per ONNX file and TensorRT engine listed in exports.json (file names prefixed
     by ``prefix``; a line saying there are none unless ``none_line`` is False)."""
     from cellsynth.errors import BundleError
-    from cellsynth.exports import read_exports
+    from cellsynth.exports import export_path, read_exports
 
     try:
         manifest = read_exports(bundle)
     except BundleError as exc:
         return [f"exports      {prefix}unusable: {exc}"]
     lines = []
-    for _, e in sorted(manifest["onnx"].items()):
+    for key, e in sorted(manifest["onnx"].items()):
+        try:  # what is reported as usable is checked: present, inside the bundle, unchanged
+            export_path(bundle, "onnx", key)
+        except BundleError as exc:
+            lines.append(f"onnx         {prefix}{e.get('file', key)} unusable: {exc}")
+            continue
         worst = max((c.get("max_rel_error", 0.0) for c in e.get("parity", {}).get("cases", [])),
                     default=None)  # fmt: skip
         parity = f", parity {worst:.1e}" if isinstance(worst, float) else ""
         size = e.get("size_bytes", 0) / 1e6
         lines.append(f"onnx         {prefix}{e['file']} ({size:.1f} MB{parity})")
     for key, e in sorted(manifest["tensorrt"].items()):
+        try:
+            export_path(bundle, "tensorrt", key)
+        except BundleError as exc:
+            lines.append(f"tensorrt     {prefix}{e.get('file', key)} unusable: {exc}")
+            continue
         lines.append(f"tensorrt     {prefix}{e['file']} ({key})")
     if not lines and none_line:
         lines = ["exports      none (cellsynth export BUNDLE --format onnx)"]

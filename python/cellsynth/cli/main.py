@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from cellsynth._version import __version__
@@ -48,22 +50,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUME_HINTS = {
+    "sample": "; the same command with --resume continues from the chunks already done",
+    "train": "; the same command with --resume continues from the last checkpoint",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or container stopping the job), unwound like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every temporary file is removed on the way out (its
+    # default action would end the process where it stands and leave them).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         args.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(
-            "cellsynth: interrupted; nothing was written under the final output name",
+            f"cellsynth: {what}; nothing was written under the final output name"
+            + RESUME_HINTS.get(args.command, ""),
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
         if os.environ.get("CELLSYNTH_DEBUG"):
             raise
         print(f"cellsynth: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -82,12 +82,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-size",
         type=int,
-        default=8192,
-        help="cells per chunk kept on disk as they finish (the unit of --resume)",
+        help="cells per chunk kept on disk as they finish (the unit of --resume; default: 8192, "
+        "rounded up to whole batches)",
     )
     p.add_argument(
         "--out", required=True, help="output .h5ad (written to a temporary name, then renamed)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(run=run)
 
 
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
         out=args.out,
         resume=args.resume,
         chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
     )
     info = adata.uns["cellsynth"]
     print(

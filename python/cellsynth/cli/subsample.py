@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="output .h5ad (written to a temporary name, then renamed)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(run=run)
 
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
     from cellsynth import datasets
     from cellsynth.data.validate import validate_labels
     from cellsynth.errors import DataError
-    from cellsynth.files import write_h5ad
+    from cellsynth.files import check_output, write_h5ad
     from cellsynth.subsample import diversity, pca_features, resolve_size, select_indices
     from cellsynth.subsample.selection import take_cells
     from cellsynth.subsample.strategies import STRATEGIES
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> None:
         )
     if (args.n is None) == (args.fraction is None):
         raise DataError("Give exactly one of --n (a number of cells) and --fraction (0 < F <= 1).")
+    check_output(args.out, args.overwrite)
     adata = datasets.load(args.data)
     # Cheap checks first, so a bad request fails before the PCA of a large data set.
     resolve_size(adata.n_obs, args.n, args.fraction)
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         data=str(args.data),
     )
-    write_h5ad(out, args.out)
+    write_h5ad(out, args.out, overwrite=args.overwrite)
 
     labels = adata.obs[args.label].to_numpy().astype(str) if args.label else None
     before = diversity(features, labels=labels)
