@@ -25,7 +25,7 @@ def test_auto_with_a_gpu_asked_for_and_none_present_is_a_clear_error(tiny_onnx_b
 
     if _core.cuda_compiled and _core.cuda_device_count() > 0:
         pytest.skip("this machine has a CUDA device")
-    with pytest.raises(CellsynthError, match="no CUDA device"):
+    with pytest.raises(CellsynthError, match="no NVIDIA GPU"):
         load_denoiser(cellsynth.load_bundle(tiny_onnx_bundle), "auto", "cuda:0")
 
 
@@ -56,3 +56,12 @@ def test_auto_choice_is_printed_and_recorded(tiny_onnx_bundle, capsys):
     )
     assert "engine onnxruntime on cpu (auto: CPU with an ONNX export)" in capsys.readouterr().err
     assert adata.uns["cellsynth"]["engine_choice"] == "CPU with an ONNX export"
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("tpu", "unknown device 'tpu'"), ("cuda:x", "unknown device"), ("cuda", "no NVIDIA GPU")],
+)
+def test_devices_are_named_clearly(tiny_bundle, device: str, message: str) -> None:
+    with pytest.raises(CellsynthError, match=message):
+        choose_engine(cellsynth.load_bundle(tiny_bundle), device)

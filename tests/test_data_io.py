@@ -121,3 +121,14 @@ def test_kang_counts_are_in_x(kang_small: ad.AnnData):
     assert x.shape == (kang_small.n_obs, 14053) and len(genes) == 14053
     # The Seurat metadata agrees with the counts: nCount_RNA is the library size.
     np.testing.assert_array_equal(np.asarray(x.sum(axis=1)).ravel(), kang_small.obs["nCount_RNA"])
+
+
+def test_float16_matrices_are_read_as_float32(tmp_path) -> None:
+    counts = np.random.default_rng(0).poisson(2.0, size=(20, 8)).astype(np.float16)
+    a = ad.AnnData(X=counts)
+    a.raw = a.copy()
+    a.write_h5ad(tmp_path / "half.h5ad")
+    got = read_h5ad(tmp_path / "half.h5ad")
+    assert sp.issparse(got.X) and got.X.dtype == np.float32
+    np.testing.assert_array_equal(got.X.toarray(), counts.astype(np.float32))
+    assert got.raw.X.dtype == np.float32

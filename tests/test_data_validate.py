@@ -101,11 +101,13 @@ def _obs() -> pd.DataFrame:
 
 
 def test_good_labels_pass_silently():
+    obs = pd.concat([_obs()] * 5)  # five cells of the rarest class: not warned about
+    obs.index = [f"c{i}" for i in range(len(obs))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        validate_labels(_obs(), ["cell_type", "stim"])
-        validate_labels(_obs(), [])
-        validate_labels(_obs(), "stim")
+        validate_labels(obs, ["cell_type", "stim"])
+        validate_labels(obs, [])
+        validate_labels(obs, "stim")
 
 
 def test_missing_label_column_lists_available():
@@ -145,3 +147,12 @@ def test_continuous_column_warns_and_duplicate_keys_fail():
         validate_labels(obs, ["x"])
     with pytest.raises(DataError, match="distinct"):
         validate_labels(_obs(), ["stim", "stim"])
+
+
+def test_implausible_counts_and_tiny_classes_are_warned_about() -> None:
+    counts = sp.csr_matrix(np.array([[1.0, 2.0], [3.0, 1e12]]))
+    with pytest.warns(UserWarning, match=r"1 entries above 1e\+09.*cell 1, gene 'b'"):
+        validate_counts(counts, ["a", "b"])
+    obs = pd.DataFrame({"cell_type": ["T"] * 20 + ["B"] * 20 + ["pDC"] * 3})
+    with pytest.warns(UserWarning, match=r"1 class\(es\) with fewer than 5 cells \('pDC': 3\)"):
+        validate_labels(obs, ["cell_type"])

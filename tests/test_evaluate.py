@@ -209,3 +209,12 @@ def test_kang_dit_cells_are_compared_with_its_held_out_cells(kang_adata: ad.AnnD
     m = result["metrics"]
     # 400 cells measured knn AUC 0.62 (floor 0.53), r(gene means) 0.995 (floor 0.996).
     assert m["knn_auc"]["value"] < 0.8 and m["gene_mean_pearson"]["value"] > 0.97
+
+
+def test_cells_without_a_label_are_refused_not_a_class_nan(halves) -> None:
+    real, other = halves
+    syn = _as_cellsynth_output(other)
+    syn.obs["cell_type"] = syn.obs["cell_type"].astype(object)
+    syn.obs.iloc[:3, syn.obs.columns.get_loc("cell_type")] = np.nan
+    with pytest.raises(DataError, match=r"3 cell\(s\) without a 'cell_type' label \(NaN\)"):
+        evaluate(real, syn, label_key="cell_type", progress=False)

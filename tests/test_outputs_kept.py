@@ -172,3 +172,53 @@ def test_export_into_a_copy_leaves_the_source_alone(
     assert (out / "onnx" / "model.fp32.onnx").is_file()
     assert sorted(p.relative_to(tiny_bundle) for p in tiny_bundle.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["copy"]
+
+
+def _wait_for(paths, proc, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not any(p() for p in paths) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+
+
+def test_sample_killed_hard_resumes_and_leaves_no_orphans(tiny_bundle: Path, tmp_path: Path):
+    out = tmp_path / "cells.h5ad"
+    args = ["sample", str(tiny_bundle), "--n-cells", "4000", "--steps", "200", "--batch-size"]
+    args += ["100", "--chunk-size", "100", "--engine", "torch", "--device", "cpu", "--seed", "2"]
+    cmd = [sys.executable, "-m", "cellsynth.cli.main", *args, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
+    chunks = tmp_path / ".cells.h5ad.chunks"
+    _wait_for([lambda: len(list(chunks.glob("cells-*.npz"))) >= 2], proc)
+    proc.kill()  # SIGKILL: nothing can clean up
+    proc.wait()
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no chunk folder, no partials
+    assert anndata.read_h5ad(out, backed="r").n_obs == 4000
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+    from conftest import make_toy_adata
+
+    make_toy_adata(n_cells=300, n_genes=120).write_h5ad(tmp_path / "toy.h5ad")
+    out = tmp_path / "bundle"
+    args = ["train", "dit", "--data", str(tmp_path / "toy.h5ad"), "--label", "cell_type"]
+    args += ["--config", "small", "--epochs", "40", "--batch-size", "32", "--no-validate"]
+    args += ["--min-genes-per-cell", "10", "--n-top-genes", "100", "--threads", "1"]
+    cmd = [sys.executable, "-m", "cellsynth.cli.main", *args, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint = tmp_path / "bundle.checkpoint"
+    _wait_for([lambda: any(checkpoint.glob("*.pt"))], proc, seconds=300)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "--resume" in err
+    assert not out.exists() and checkpoint.is_dir()
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "toy.h5ad"]
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

@@ -216,6 +216,13 @@ def _labels(real: ad.AnnData, syn: ad.AnnData, key: str, real_name: str, syn_nam
         if key not in adata.obs:
             have = ", ".join(map(str, adata.obs.columns[:15])) or "none"
             raise DataError(f"the {role} data ({name}) has no obs column {key!r} (columns: {have})")
+        missing = adata.obs[key].isna().to_numpy()
+        if missing.any():  # astype(str) would make them a class 'nan'
+            first = adata.obs.index[int(np.flatnonzero(missing)[0])]
+            raise DataError(
+                f"the {role} data ({name}) has {int(missing.sum())} cell(s) without a {key!r} "
+                f"label (NaN), first {first!r}; label them or drop them"
+            )
     unseen = sorted(set(syn.obs[key].astype(str)) - set(real.obs[key].astype(str)))
     if unseen:
         raise DataError(

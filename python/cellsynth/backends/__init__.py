@@ -22,6 +22,7 @@ onnxruntime -> its exported decoder
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any
 
 from cellsynth.backends.base import Decoder, Denoiser
@@ -90,6 +91,8 @@ def choose_engine(bundle: Bundle, device: str = "auto") -> tuple[str, str, str]:
     ``device`` 'auto' allows a GPU; 'cpu' keeps everything on the host; 'cuda[:N]' requires one.
     """
     _require_denoiser(bundle)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        raise CellsynthError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     want_cpu = device == "cpu"
     gpu = not want_cpu and _cuda_device_count() > 0
     onnx = _has_onnx(bundle)
@@ -101,7 +104,12 @@ def choose_engine(bundle: Bundle, device: str = "auto") -> tuple[str, str, str]:
     if not want_cpu and _torch_cuda():
         return "torch", cuda, "GPU with PyTorch (no ONNX export or no TensorRT/onnxruntime-gpu)"
     if device not in ("auto", "cpu"):
-        raise CellsynthError(f"device {device!r} was asked for but no CUDA device is usable here")
+        why = (
+            "this machine has no NVIDIA GPU (or no driver for it)"
+            if _cuda_device_count() == 0
+            else "neither onnxruntime-gpu nor PyTorch with CUDA can use it"
+        )
+        raise CellsynthError(f"device {device!r} was asked for, but {why}; use --device cpu")
     if onnx:
         return "onnxruntime", "cpu", "CPU with an ONNX export"
     if _has_module("torch"):

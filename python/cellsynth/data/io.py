@@ -50,9 +50,21 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
         with h5py.File(path, "r") as f:
             # anndata's as_sparse only accepts elements stored dense; sparse ones are groups.
             dense = tuple(k for k in ("X", "raw/X") if k in f and isinstance(f[k], h5py.Dataset))
-        return ad.read_h5ad(
-            path, as_sparse=dense, as_sparse_fmt=sp.csr_matrix, chunk_size=_READ_CHUNK_ROWS
+            # scipy.sparse has no float16: such a matrix is read dense and widened instead.
+            half = {k for k in dense if f[k].dtype == np.float16}
+        adata = ad.read_h5ad(
+            path,
+            as_sparse=tuple(k for k in dense if k not in half),
+            as_sparse_fmt=sp.csr_matrix,
+            chunk_size=_READ_CHUNK_ROWS,
         )
+        if "X" in half:
+            adata.X = sp.csr_matrix(np.asarray(adata.X, dtype=np.float32))
+        if "raw/X" in half:
+            raw = adata.raw.to_adata()
+            raw.X = sp.csr_matrix(np.asarray(raw.X, dtype=np.float32))
+            adata.raw = raw
+        return adata
     except Exception as err:  # h5py and anndata raise many types for a corrupt file
         raise DataError(f"Cannot read '{path}' as an .h5ad file: {err}") from err
 

@@ -14,6 +14,11 @@ from cellsynth.errors import DataError
 # How many offending names an error message lists before it says "... and N more".
 _MAX_LISTED = 10
 
+# One gene's count in one cell above this is a data error (UMI counts per cell are ~1e3-1e5).
+MAX_PLAUSIBLE_COUNT = 1e9
+# Classes smaller than this are warned about: too few cells to learn or to check.
+MIN_CLASS_CELLS = 5
+
 
 def _listing(names: Sequence[str], limit: int = _MAX_LISTED) -> str:
     """Join up to ``limit`` names, mentioning how many were left out."""
@@ -126,6 +131,14 @@ def validate_counts(
                 f"Counts contain {int(bad.sum())} non-integer entries; {where(bad)}. This looks "
                 "like normalised data: pass raw counts (layers['counts'], .raw or X)."
             )
+    huge = values > MAX_PLAUSIBLE_COUNT
+    if huge.any():
+        warnings.warn(
+            f"Counts contain {int(huge.sum())} entries above {MAX_PLAUSIBLE_COUNT:.0e}; "
+            f"{where(huge)}. No cell holds that many molecules of one gene: check the data.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def validate_labels(obs: pd.DataFrame, keys: Sequence[str]) -> None:
@@ -172,6 +185,16 @@ def validate_labels(obs: pd.DataFrame, keys: Sequence[str]) -> None:
                 f"first at cell {first!r}. Fill them in or drop those cells."
             )
         n_classes = col.nunique()
+        sizes = col.value_counts()
+        rare = sizes[(sizes > 0) & (sizes < MIN_CLASS_CELLS)]
+        if len(rare):
+            warnings.warn(
+                f"Label column {key!r} has {len(rare)} class(es) with fewer than "
+                f"{MIN_CLASS_CELLS} cells ({', '.join(f'{k!r}: {v}' for k, v in rare.items())}); "
+                "a model learns little about them and held-out checks of them are noise.",
+                UserWarning,
+                stacklevel=2,
+            )
         if n_classes == 1:
             warnings.warn(
                 f"Label column {key!r} has a single class ({col.iloc[0]!r}); "
