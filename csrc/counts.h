@@ -211,6 +211,10 @@ CELLSYNTH_HD double poisson_variate(double lambda, CountStream& s) {
 CELLSYNTH_HD double nb_inversion(double mean, double theta, CountStream& s) {
   using namespace counts_detail;
   const double u = s.next();
+  // P(0) >= 1 - mean for any count law (Markov: P(k >= 1) <= E[k]), and the computed p_0 is
+  // within a few ulps of P(0): below 1 - mean - 1e-12 the answer is 0 without the exp and log1p
+  // (most draws: most means are far below 1). The same count as the full search, not a new law.
+  if (u <= 1.0 - mean - 1e-12) return 0.0;
   const double q = mean / (theta + mean);
   double k = 0.0;
   double p = exp(-theta * log1p(mean / theta));

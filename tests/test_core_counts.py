@@ -89,6 +89,18 @@ def test_extreme_parameters_equal_the_reference() -> None:
     assert (got[:, 0] == 0).all()
 
 
+def test_small_means_shortcut_gives_the_full_searchs_counts() -> None:
+    """Below 1 - mean the core returns 0 without computing p_0 (P(0) >= 1 - mean); the float64
+    reference always runs the full search. Means down to 1e-12 (where 1 - mean and p_0 are a few
+    ulps apart) and dispersions from 0.01 to 1e6 must give the same counts."""
+    rng = np.random.default_rng(11)
+    mean = (10.0 ** rng.uniform(-12, 0.5, (120, 400))).astype(np.float32)
+    theta = (10.0 ** rng.uniform(-2, 6, 400)).astype(np.float32)
+    got = sample_counts(mean, theta, seed=5, cell_offset=3)
+    np.testing.assert_array_equal(got, ref.sample_counts(mean, theta, 5, 3))
+    assert 0.5 < (got == 0).mean() < 0.99
+
+
 def test_the_uniforms_are_open_and_exact() -> None:
     """The documented u = ((hi >> 6) * 2^26 + (lo >> 6) + 0.5) * 2^-52 at its extremes."""
     s = ref.Stream(0, 0, 0)
