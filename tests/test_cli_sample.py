@@ -97,3 +97,13 @@ def test_garbage_values_are_refused_not_written(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "cells 0..4 hold log-normalised values up to" in err and "broken" in err
     assert not out.exists()
+
+
+def test_a_dash_value_is_explained(tiny_bundle: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["sample", str(tiny_bundle), "--n-cells", "3", "--shard", "-1/2", "--out", "x.h5ad"])
+    err = capsys.readouterr().err
+    assert "expected one argument" in err and "--option=VALUE" in err
+    args = ["sample", str(tiny_bundle), "--n-cells", "3", "--shard=-1/2", "--out", "x.h5ad"]
+    assert main(args) == 1
+    assert "--shard expects k/N with 0 <= k < N" in capsys.readouterr().err

@@ -27,6 +27,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line with exit code 1, like every other error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.endswith("expected one argument"):
+            # argparse takes a value starting with '-' (--shard -1/2, --seed -x) for an option.
+            message += "; a value that starts with '-' is written --option=VALUE"
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
