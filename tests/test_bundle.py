@@ -216,3 +216,8 @@ def test_label_spec_from_codes_counts_combinations() -> None:
     bad["combinations"].append({"codes": [3, 0], "count": 1})
     with pytest.raises(ValueError, match="outside the vocabularies"):
         LabelSpec.from_dict(bad)
+
+
+def test_weight_files_get_the_same_mode_as_config(tiny_bundle: Path) -> None:
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_bundle.iterdir() if p.is_file()}
+    assert modes["ema.safetensors"] == modes["model.safetensors"] == modes[CONFIG_FILE], modes

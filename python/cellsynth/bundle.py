@@ -36,7 +36,7 @@ import numpy as np
 
 from cellsynth._version import __version__
 from cellsynth.errors import BundleError, MissingDependencyError
-from cellsynth.files import atomic_directory, sha256_file
+from cellsynth.files import atomic_directory, default_file_mode, sha256_file
 from cellsynth.schedules import NoiseSchedule
 
 FORMAT_NAME = "cellsynth-bundle"
@@ -363,6 +363,8 @@ def save_bundle(
             # do not show its number of genes.
             metadata = {"format": "pt", **_genes_stamp(config["genes"])}
             save_file(tensors, str(tmp / WEIGHT_FILES[which]), metadata=metadata)
+            # safetensors writes 0600; a bundle's files share config.json's mode (the umask's).
+            os.chmod(tmp / WEIGHT_FILES[which], default_file_mode())
             config["weights"][WEIGHT_FILES[which]] = sha256_file(tmp / WEIGHT_FILES[which])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         for name, write in (files or {}).items():

@@ -168,6 +168,13 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def default_file_mode() -> int:
+    """The mode a plain new file gets here (0666 less the umask), for files written 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so large weights do not sit in memory twice."""
     h = hashlib.sha256()

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Export the denoiser into the bundle (listed in BUNDLE/exports.json). ONNX "
         "exports are checked against PyTorch before they are recorded.",
     )
-    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("bundle", help="bundle directory or shipped name (kang-dit, kang-scdg)")
     p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
     p.add_argument("--weights", default="ema", choices=["ema", "model"])
     p.add_argument(

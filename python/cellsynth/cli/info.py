@@ -13,7 +13,7 @@ _NOT_SHOWN = ("n_genes", "label_sizes", "gene_order")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a model bundle")
-    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("bundle", help="bundle directory or shipped name (kang-dit, kang-scdg)")
     p.add_argument("--json", action="store_true", help="print config.json as it is")
     p.set_defaults(run=run)
 

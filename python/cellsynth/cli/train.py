@@ -72,7 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     _add_split_and_qc(dit)
     dit.add_argument(
-        "--resume", action="store_true", help="continue from OUT.checkpoint after an interruption"
+        "--resume",
+        action="store_true",
+        help="continue after an interruption from the checkpoint kept in OUT.checkpoint/",
     )
     dit.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     dit.add_argument("--out", required=True, help="bundle directory to write")
