@@ -391,3 +391,28 @@ def test_cli_rejects_negative_counts_and_unknown_data(
     args = ["subsample", "nonsense", "--strategy", "random", "--n", "5", "--out", str(out)]
     assert main(args) == 1
     assert "neither a built-in data set" in capsys.readouterr().err
+
+
+def test_random_and_reweight_need_neither_optional_package(tmp_path) -> None:
+    """`pip install .[data]` without [subsample]: random and reweight work (the Vendi score takes
+    its exact dual form), geosketch names the package it needs."""
+    import subprocess
+    import sys
+
+    from conftest import make_toy_adata
+
+    make_toy_adata(n_cells=200, n_genes=40).write_h5ad(tmp_path / "toy.h5ad")
+    block = "import sys; sys.modules['vendi_score'] = None; sys.modules['geosketch'] = None; "
+    run = "from cellsynth.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+    def cli(*args):
+        cmd = [sys.executable, "-c", block + run, "subsample", str(tmp_path / "toy.h5ad"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    for strategy in ("random", "reweight"):
+        done = cli("--strategy", strategy, "--n", "50", "--label", "cell_type",
+                   "--out", str(tmp_path / f"{strategy}.h5ad"))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Vendi" in done.stdout
+    done = cli("--strategy", "geosketch", "--n", "50", "--out", str(tmp_path / "g.h5ad"))
+    assert done.returncode == 1 and "needs the geosketch package" in done.stderr

@@ -105,7 +105,8 @@ def vendi_score(
         Similarity; see the module docstring.
     method : {"auto", "primal", "dual"}
         "primal": the ``vendi_score`` package on the n x n kernel; "dual": eigenvalues of the
-        d x d matrix U^T U / n (cosine only, exact).
+        d x d matrix U^T U / n (cosine only, exact). "auto": primal up to PRIMAL_MAX_CELLS cells
+        when the package is installed, else dual.
 
     Returns
     -------
@@ -134,7 +135,12 @@ def vendi_score(
             )
         return _vendi_primal(_rbf_kernel(x)), "primal"
     u = _unit_rows(x)
-    if method == "dual" or (method == "auto" and n > PRIMAL_MAX_CELLS):
+    if method == "auto" and n <= PRIMAL_MAX_CELLS:
+        try:
+            return _vendi_primal(u @ u.T), "primal"
+        except MissingDependencyError:
+            method = "dual"  # the same score, exactly, without the vendi-score package
+    if method == "dual" or method == "auto":
         # U^T U / n [d, d] shares the non-zero eigenvalues of U U^T / n [n, n].
         return _exp_entropy(np.linalg.eigvalsh(u.T @ u / n)), "dual"
     return _vendi_primal(u @ u.T), "primal"
