@@ -164,10 +164,17 @@ class BundleGenerator:
     """A cellsynth bundle: shipped (by name) or trained here by the documented CLI commands."""
 
     def __init__(
-        self, name: str, bundle: str, commands: list[list[str]] | None = None, steps: int = 20
+        self,
+        name: str,
+        bundle: str,
+        commands: list[list[str]] | None = None,
+        steps: int = 20,
+        precision: str | None = None,
     ) -> None:
         self.name, self.bundle, self.commands = name, bundle, commands or []
         self.sampler = {**SAMPLER, "steps": int(steps)}
+        if precision is not None:  # the denoiser's ONNX export (e.g. int8), for speed
+            self.sampler["precision"] = precision
         self.info: dict[str, object] = {"sampler": self.sampler}
 
     def fit(self, split: Split, args) -> float:
@@ -275,13 +282,15 @@ def generators_for(split: Split, args) -> list:
             chosen += [every["cli-dit"], every["cli-latent"]]
         elif name.startswith("cli-"):
             chosen.append(cli_generators(split, Path(args.work))[name])
-        elif "@" in name:  # a shipped bundle at another number of steps, e.g. kang-scdg@10
-            bundle, steps = name.split("@")
+        elif "@" in name:  # a shipped bundle at other steps (and precision): kang-scdg@10:int8
+            bundle, _, rest = name.partition("@")
+            steps, _, precision = rest.partition(":")
             if not any(bundle in names for names in SHIPPED.values()) or not steps.isdigit():
                 raise SystemExit(f"unknown generator {name!r} (a shipped bundle @ steps)")
             if bundle in SHIPPED.get(split.name, []):  # a row on the data set it was trained on
-                chosen.append(BundleGenerator(f"{bundle}, DPM-Solver++ {steps}", bundle,
-                                              steps=int(steps)))  # fmt: skip
+                label = f"{bundle}, DPM-Solver++ {steps}" + (f", {precision}" if precision else "")
+                chosen.append(BundleGenerator(label, bundle, steps=int(steps),
+                                              precision=precision or None))  # fmt: skip
         else:
             raise SystemExit(f"unknown generator {name!r}")
     return chosen
@@ -459,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["scvi", "nb", "shipped", "cli"],
         help="scvi, nb, shipped, cli (= cli-dit + cli-latent), cli-dit-input, or a shipped "
-        "bundle at other steps (kang-scdg@10)",
+        "bundle at other steps and precision (kang-scdg@10, kang-scdg@10:int8)",
     )
     parser.add_argument("--cells", type=int, default=2000, help="most reference cells per side")
     parser.add_argument("--threads", type=int, default=2, help="threads for training")

@@ -18,10 +18,10 @@ conditioned on ``cell_type`` and ``stim`` with label dropout 0.1, x0 prediction 
 to unit RMS, AdamW 1e-3, batch 256, 100 epochs, EMA 0.999, validated on held-out cells every 500
 steps (the best weights are kept). Library sizes: a log-normal per cell type x stim.
 
-Exports (``--export-onnx``): the SCDG denoiser and the NB decoder, so latent generation (and the
-count sampling, in the C++ core) runs without torch. The encoder is not shipped (distillation
-runs in PyTorch and uses the safetensors weights); ``cellsynth export kang-scdg --format onnx``
-can add it.
+Exports (``--export-onnx``): the SCDG denoiser (fp32, and int8 for ``--precision int8``) and the
+NB decoder, so latent generation (and the count sampling, in the C++ core) runs without torch.
+The encoder is not shipped (distillation runs in PyTorch and uses the safetensors weights);
+``cellsynth export kang-scdg --format onnx --out DIR`` exports a copy with it.
 
 Measured against scVI and the other generators by ``benchmarks/fidelity_peers.py``.
 """
@@ -80,6 +80,9 @@ def train_kang_scdg(
         from cellsynth.export.onnx import export_latent_onnx
 
         export_latent_onnx(path, encoder=False, progress=progress)
+        # The int8 denoiser (dynamic quantisation): --precision int8, faster on CPU, its
+        # fidelity cost measured by benchmarks/fidelity_peers.py (kang-scdg@10:int8).
+        export_latent_onnx(path, encoder=False, precision="int8", progress=progress)
     shutil.rmtree(Path(str(out) + ".checkpoint"), ignore_errors=True)
     print(f"kang-scdg: {time.perf_counter() - started:.0f} s")
     return path
