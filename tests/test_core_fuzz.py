@@ -16,6 +16,7 @@ import pytest
 SCRIPT = Path(__file__).with_name("fuzz_core.py")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_core_entry_points_survive_fuzzed_arguments(seed: int) -> None:
     # 13 entry points x 800 examples: over 10,000 calls, about 20 s on one core.

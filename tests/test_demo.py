@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import anndata
+import pandas as pd
 import pytest
 
 import cellsynth
 from cellsynth.cli.main import main
+from cellsynth.conditions import composition_labels
+from cellsynth.heldout import held_out_cells
 
 
 def test_kang_dit_is_shipped_and_addressable_by_name(capsys: pytest.CaptureFixture) -> None:
@@ -31,11 +34,18 @@ def test_demo_generates_every_group_and_compares_with_real_cells(
     printed = capsys.readouterr()
     assert "engine onnxruntime" in printed.err  # the ONNX export runs without torch's help
     assert f"cells:    {out / 'demo.h5ad'}" in printed.out
+    assert "comparing 4000 synthetic with" in printed.err  # no silent stage
+    assert "drawing the figure" in printed.err
     adata = anndata.read_h5ad(out / "demo.h5ad")
-    groups = adata.obs.groupby(["cell_type", "stim"], observed=True).size()
-    assert len(groups) == 16 and set(groups) == {250}  # every cell type in both conditions
+    # The held-out cells' label mix, every cell type in both conditions.
+    b = cellsynth.load_bundle("kang-dit")
+    _, real_obs = held_out_cells(b, cellsynth.datasets.kang())
+    want = pd.DataFrame(composition_labels(b.labels, real_obs, 4000), columns=b.labels.keys)
+    got = adata.obs.groupby(["cell_type", "stim"], observed=True).size()
+    assert len(got) == 16 and sorted(got) == sorted(want.value_counts())
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     s = json.loads((out / "fidelity.json").read_text())
+    assert s["label_mix"].startswith("the label mix of the") and s["n_synthetic"] == 4000
     # The shipped model's cells look like real held-out ones (values measured at 0.104 vs
     # 0.105, 0.954 vs 0.957, r = 0.99, agreement 0.98 / 0.95); the bounds leave room for noise.
     assert abs(s["mean_expression_synthetic"] / s["mean_expression_real"] - 1) < 0.2

@@ -177,11 +177,11 @@ def test_bad_inputs_are_clear_errors(toy, tmp_path) -> None:
     with pytest.raises(DataError, match="'omega'.* not among the training classes"):
         evaluate_distilled(other, adata, LABEL, task=task, **fast)
     changed = syn.copy()
-    changed.uns["cellsynth_distill"]["bundle_hash"] = "0" * 64
+    changed.uns["cellsynth"]["bundle_hash"] = "0" * 64
     with pytest.raises(BundleError, match="not the one the synthetic set was distilled with"):
         evaluate_distilled(changed, adata, LABEL, **fast)
     gone = syn.copy()
-    gone.uns["cellsynth_distill"]["bundle"] = str(tmp_path / "deleted-bundle")
+    gone.uns["cellsynth"]["bundle"] = str(tmp_path / "deleted-bundle")
     with pytest.raises(BundleError, match="distilled with the bundle .*cannot be opened"):
         evaluate_distilled(gone, adata, LABEL, **fast)
     with pytest.raises(DataError, match="unknown classifier"):

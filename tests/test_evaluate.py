@@ -218,3 +218,13 @@ def test_cells_without_a_label_are_refused_not_a_class_nan(halves) -> None:
     syn.obs.iloc[:3, syn.obs.columns.get_loc("cell_type")] = np.nan
     with pytest.raises(DataError, match=r"3 cell\(s\) without a 'cell_type' label \(NaN\)"):
         evaluate(real, syn, label_key="cell_type", progress=False)
+
+
+def test_a_subsample_is_read_as_counts_not_as_generated_cells(halves) -> None:
+    from cellsynth.subsample import subsample
+
+    real, other = halves
+    picked = subsample(other, "random", n=200, seed=0)  # uns['cellsynth'], command 'subsample'
+    assert picked.uns["cellsynth"]["command"] == "subsample"
+    result = evaluate(real, picked, label_key="cell_type", progress=False)
+    assert "counts from" in result["evaluation"]["synthetic"]["representation"]

@@ -71,6 +71,9 @@ def test_resume_after_an_interruption_gives_the_same_values(
     got = cellsynth.generate(tiny_bundle, out=out, chunk_size=10, resume=True, **KW)
     assert calls["n"] == -100 + 3  # only the 3 missing chunks were generated
     np.testing.assert_array_equal(_dense(got), reference.X.toarray())
+    prov = got.uns["cellsynth"]
+    assert prov["command"] == "sample" and prov["batch_size"] == 5
+    assert list(prov["resumed_chunks"]) == [2, 5]  # the resumed run says what it reused
 
 
 def _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks: int, **kw) -> None:

@@ -126,6 +126,7 @@ def test_a_write_removes_the_orphans_of_killed_runs(
     assert "left by an interrupted run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_stops_sample_cleanly_and_resume_finishes(tiny_bundle: Path, tmp_path: Path):
     out = tmp_path / "cells.h5ad"
     args = ["sample", str(tiny_bundle), "--n-cells", "4000", "--steps", "200", "--batch-size"]
@@ -180,6 +181,7 @@ def _wait_for(paths, proc, seconds: float = 120) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sample_killed_hard_resumes_and_leaves_no_orphans(tiny_bundle: Path, tmp_path: Path):
     out = tmp_path / "cells.h5ad"
     args = ["sample", str(tiny_bundle), "--n-cells", "4000", "--steps", "200", "--batch-size"]

@@ -84,7 +84,7 @@ def test_every_strategy_returns_exactly_the_requested_cells(
     out = subsample(unbalanced, strategy, n=n, fraction=fraction, label_key="cell_type", seed=4)
     assert out.n_obs == expected
     assert out.obs_names.is_unique
-    idx = out.uns["cellsynth_subsample"]["source_indices"]
+    idx = out.uns["cellsynth"]["source_indices"]
     assert np.all(np.diff(idx) > 0)  # sorted and distinct
     assert list(out.obs_names) == list(unbalanced.obs_names[idx])
 
@@ -176,17 +176,17 @@ def test_output_keeps_obs_var_and_records_provenance(
     data.obs["score"] = np.arange(data.n_obs, dtype=float)
     data.var["symbol"] = [f"sym{j}" for j in range(data.n_vars)]
     out = subsample(data, "geosketch", fraction=0.2, seed=1, n_components=10)
-    idx = out.uns["cellsynth_subsample"]["source_indices"]
+    idx = out.uns["cellsynth"]["source_indices"]
     np.testing.assert_array_equal(out.obs["score"].to_numpy(), idx.astype(float))
     pd.testing.assert_frame_equal(out.var, data.var)
     np.testing.assert_array_equal(out.X.toarray(), data.X[idx].toarray())
-    rec = out.uns["cellsynth_subsample"]
+    rec = out.uns["cellsynth"]
     assert rec["strategy"] == "geosketch" and rec["seed"] == 1 and rec["fraction"] == 0.2
     assert rec["n_cells"] == 30 and rec["n_source_cells"] == 150 and rec["n_components"] == 10
     assert "label_key" not in rec  # None is not stored (h5ad cannot hold it)
     out.write_h5ad(tmp_path / "sub.h5ad")  # the provenance is writable
     # the input is untouched
-    assert data.n_obs == 150 and "cellsynth_subsample" not in data.uns
+    assert data.n_obs == 150 and "cellsynth" not in data.uns
 
 
 # --------------------------------------------------------------------------------- diversity
@@ -323,8 +323,8 @@ def test_cli_reweight_end_to_end(
     assert main([*args, "--label", "cell_type", "--seed", "3", "--out", str(out)]) == 0
     got = ad.read_h5ad(out)
     assert got.obs["cell_type"].value_counts().to_dict() == {"c0": 25, "c1": 25, "c2": 10}
-    assert got.uns["cellsynth_subsample"]["strategy"] == "reweight"
-    assert got.uns["cellsynth_subsample"]["seed"] == 3
+    assert got.uns["cellsynth"]["strategy"] == "reweight"
+    assert got.uns["cellsynth"]["seed"] == 3
     text = capsys.readouterr().out
     assert "selected 60 of 150 cells by reweight" in text
     assert "c2       10  ( 16.7%)  of 10" in text

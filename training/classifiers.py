@@ -49,7 +49,7 @@ PREDICT_BATCH = 2048
 
 
 def _as_inputs(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    x = np.asarray(x)
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)  # AnnData X is often CSR
     if x.ndim != 2:
         raise DataError(f"expected a cells x genes matrix, got shape {x.shape}")
     if not np.isfinite(x).all():

@@ -26,6 +26,7 @@ same noise, so the gradient equals plain autograd's (tested).
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from typing import Any
 import anndata
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -417,8 +419,8 @@ def distill(
     -------
     AnnData
         ``X`` float32 [C * spc, G] log-normalised expression; ``obs[label]`` the class;
-        ``obs['init_cell']`` the real cell each started from; ``uns['cellsynth_distill']``
-        provenance and the loss history.
+        ``obs['init_cell']`` the real cell each started from; ``uns['cellsynth']`` (command
+        'distill') provenance and the loss history.
     """
     started = time.perf_counter()
     if task is None:
@@ -442,6 +444,7 @@ def distill(
     )
     b = task.bundle
     provenance = {
+        "command": "distill",
         "bundle": str(b.path),
         "bundle_hash": b.hash,
         "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
@@ -452,13 +455,14 @@ def distill(
         "final_loss": float(history[-1]) if history else None,
         "seconds": round(time.perf_counter() - started, 2),
         "cellsynth_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     provenance = {k: v for k, v in provenance.items() if v is not None}
     return anndata.AnnData(
-        X=X,
+        X=sp.csr_matrix(X),  # CSR like every other cellsynth output
         obs=obs,
         var=pd.DataFrame(index=pd.Index(task.genes, dtype=object, name="gene")),
-        uns={"cellsynth_distill": provenance},
+        uns={"cellsynth": provenance},
     )
 
 

@@ -50,7 +50,8 @@ from cellsynth.errors import BundleError, DataError, GeneMismatchError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
 from cellsynth.training.distill_data import Task, load_task
 
-PROVENANCE_KEY = "cellsynth_distill"
+PROVENANCE_KEY = "cellsynth"
+LEGACY_PROVENANCE_KEY = "cellsynth_distill"  # files written before one key served every command
 BASELINES: tuple[str, ...] = (
     "random",
     "class_mean",
@@ -82,14 +83,22 @@ PCA_COMPONENTS = 50
 # Reading and checking the synthetic set
 
 
+def distill_record(synthetic: anndata.AnnData) -> dict[str, Any]:
+    """The distillation provenance of a set ({} when there is none)."""
+    record = synthetic.uns.get(PROVENANCE_KEY)
+    if not (isinstance(record, dict) and record.get("command") == "distill"):
+        record = synthetic.uns.get(LEGACY_PROVENANCE_KEY)
+    return dict(record) if isinstance(record, dict) else {}
+
+
 def read_synthetic(synthetic: anndata.AnnData | str | os.PathLike) -> anndata.AnnData:
     """The synthetic set, with its distillation record checked to be there.
 
     Raises
     ------
     DataError
-        Not an .h5ad, or without ``uns['cellsynth_distill']`` (not written by ``cellsynth
-        distill``) or with a record lacking the bundle or label.
+        Not an .h5ad, or without ``uns['cellsynth']`` of command 'distill' (not written by
+        ``cellsynth distill``) or with a record lacking the bundle or label.
     """
     name = "the synthetic set"
     if not isinstance(synthetic, anndata.AnnData):
@@ -101,8 +110,8 @@ def read_synthetic(synthetic: anndata.AnnData | str | os.PathLike) -> anndata.An
             synthetic = anndata.read_h5ad(path)
         except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many kinds
             raise DataError(f"{path} is not a readable .h5ad file ({exc})") from exc
-    record = synthetic.uns.get(PROVENANCE_KEY)
-    if not isinstance(record, dict) or not record:
+    record = distill_record(synthetic)
+    if not record:
         raise DataError(
             f"{name} has no distillation record (uns[{PROVENANCE_KEY!r}]), so the bundle and "
             "split it came from are unknown; evaluate a file written by `cellsynth distill`"
@@ -364,7 +373,8 @@ def evaluate_distilled(
     ----------
     synthetic : AnnData or path
         Written by ``cellsynth distill``: X [n, G] log-normalised, ``obs[label]``, and
-        ``uns['cellsynth_distill']`` naming the bundle (whose split the test cells come from).
+        ``uns['cellsynth']`` (command 'distill') naming the bundle (whose split the test cells
+        come from).
     data : path, built-in name or AnnData
         The counts the bundle was trained on (None only with ``task``).
     label : str
@@ -413,7 +423,7 @@ def evaluate_distilled(
     if int(seeds) < 1 or int(full_runs) < 1:
         raise DataError(f"seeds and full_runs must be at least 1, got {seeds} and {full_runs}")
     syn = read_synthetic(synthetic)
-    record = dict(syn.uns[PROVENANCE_KEY])
+    record = distill_record(syn)
     if str(record["label"]) != label:
         raise DataError(
             f"the synthetic set was distilled for label {record['label']!r}, not {label!r}; "

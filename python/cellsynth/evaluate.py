@@ -17,7 +17,8 @@ on request) and writes, under ``out/``:
 
 Representation rule (the same for both sides, decided per file):
 
-1. a file written by cellsynth (``uns['cellsynth']``) holds log-normalised X: used as is;
+1. cells generated or distilled by cellsynth (``uns['cellsynth']``, command 'sample' or
+   'distill') hold log-normalised X: used as is;
 2. otherwise raw counts are looked for (``layers['counts']``, then X, then ``.raw`` when they
    hold non-negative whole numbers) and log-normalised: library size = total over every gene of
    that file, scaled to the target sum, then log1p. Target sum and log1p come from the
@@ -152,7 +153,9 @@ def _representation(
     """
     from cellsynth.data import extract_counts, log1p_normalize, normalize_total
 
-    if "cellsynth" in adata.uns:
+    prov = adata.uns.get("cellsynth")
+    # Generated and distilled cells hold log-normalised X; a subsample holds the source's data.
+    if isinstance(prov, dict) and prov.get("command", "sample") in ("sample", "distill"):
         x = sp.csr_matrix(adata.X, dtype=np.float32)
         _check_finite(x, role)
         return x, pd.Index(adata.var_names.astype(str)), "log-normalised X of a cellsynth file"

@@ -274,6 +274,7 @@ def generate(
         "chunk_size": int(chunk_size),
     }
     provenance = {
+        "command": "sample",
         "bundle": str(b.path),
         **settings,
         "shard": None if shard is None else [int(shard[0]), int(shard[1])],
@@ -289,6 +290,7 @@ def generate(
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
         },
         "composition": None if composition is None else _describe_source(composition),
+        "batch_size": int(batch_size),
         "cellsynth_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -323,11 +325,16 @@ def generate(
             )
         store = ChunkStore(out, settings, resume=resume)
         shapes = {"X": len(b.genes), **({"counts": len(b.genes)} if counts else {})}
+        reused = 0
         for start, stop in chunks:
-            if not store.has(start, stop, shapes):
+            if store.has(start, stop, shapes):
+                reused += 1
+            else:
                 store.save(start, stop, run.chunk(codes, start, stop, counts))
             bar.update(stop - start)
         provenance["seconds"] = round(time.perf_counter() - started, 3)
+        # A resumed run says so: its seconds cover only the chunks made this time.
+        provenance["resumed_chunks"] = [int(reused), len(chunks)]
         _assemble(out, store, chunks, obs, var, counts, provenance)
         store.remove()
         return anndata.read_h5ad(out, backed="r")
@@ -518,7 +525,9 @@ def _without_none(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _describe_source(composition: Any) -> str:
-    return "AnnData" if isinstance(composition, anndata.AnnData) else str(composition)
+    if isinstance(composition, anndata.AnnData):
+        return f"AnnData of {composition.n_obs} cells (passed in memory)"
+    return str(composition)
 
 
 def _obs(b: Bundle, codes: np.ndarray, first: int) -> pd.DataFrame:

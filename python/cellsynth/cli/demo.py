@@ -16,11 +16,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="write into --out even if it is not empty"
     )
     p.add_argument("--bundle", default="kang-dit", help="bundle path or shipped name")
-    p.add_argument("--cells-per-group", type=int, default=250, help="cells per label combination")
+    p.add_argument(
+        "--n-cells",
+        type=int,
+        default=4000,
+        help="synthetic cells, with the label mix of the real held-out cells (default: 4000)",
+    )
+    p.add_argument(
+        "--cells-per-group",
+        type=int,
+        help="a balanced set instead: this many cells of every label combination",
+    )
     p.add_argument("--scheduler", default="dpmsolver++", choices=["ddim", "ddpm", "dpmsolver++"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--threads", type=int, help="CPU threads of the engine and the C++ loops")
     p.set_defaults(run=run)
 
 
@@ -32,11 +43,13 @@ def run(args: argparse.Namespace) -> None:
     result = run_demo(
         out=args.out,
         bundle=args.bundle,
+        n_cells=args.n_cells,
         cells_per_group=args.cells_per_group,
         scheduler=args.scheduler,
         steps=args.steps,
         seed=args.seed,
         engine=args.engine,
+        threads=args.threads,
     )
     s = result["summary"]
     keys = [k[: -len("_agreement")] for k in s if k.endswith("_agreement")]
@@ -44,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         f"generated {int(s['n_synthetic'])} cells in {s['sampling_seconds']} s "
         f"({s['cells_per_second']} cells/s, {s['engine']}, {s['scheduler']} {s['steps']} steps)"
     )
-    print(f"compared with {int(s['n_real'])} real held-out cells:")
+    print(f"compared with {int(s['n_real'])} real held-out cells ({s['label_mix']}):")
     print(
         f"  mean expression  real {s['mean_expression_real']:.3f}  "
         f"synthetic {s['mean_expression_synthetic']:.3f}"

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
         **options,
     )
     write_h5ad(result, args.out, overwrite=args.overwrite)
-    info = result.uns["cellsynth_distill"]
+    info = result.uns["cellsynth"]
     print(
         f"wrote {result.n_obs} synthetic cells ({args.spc} per class of {args.label!r}) to "
         f"{args.out}; matching loss {info['initial_loss']:.4g} -> {info['final_loss']:.4g} "

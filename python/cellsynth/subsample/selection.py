@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 
 import anndata as ad
@@ -138,8 +139,8 @@ def subsample(
     -------
     AnnData, shape [n_selected, n_genes]
         A copy of the selected cells in their original order, with obs, var, layers, obsm and
-        raw kept; ``uns['cellsynth_subsample']`` records the strategy, its settings and the
-        selected rows of the input (``source_indices``).
+        raw kept; ``uns['cellsynth']`` (command 'subsample') records the strategy, its settings
+        and the selected rows of the input (``source_indices``).
 
     Raises
     ------
@@ -171,7 +172,8 @@ def subsample(
 
 
 def take_cells(adata: ad.AnnData, idx: np.ndarray, **settings) -> ad.AnnData:
-    """Copy of ``adata[idx]`` with the subsampling provenance in ``uns['cellsynth_subsample']``.
+    """Copy of ``adata[idx]`` with the subsampling provenance in ``uns['cellsynth']`` (the one
+    provenance key of every cellsynth output, ``command`` 'subsample').
 
     ``settings`` (strategy, seed, ...) are recorded as given; None values are left out because
     .h5ad files cannot store None.
@@ -182,11 +184,14 @@ def take_cells(adata: ad.AnnData, idx: np.ndarray, **settings) -> ad.AnnData:
         # PCA settings only describe a geosketch selection.
         record.pop("n_components", None)
         record.pop("n_top_genes", None)
+    record = {"command": "subsample", **record}
     record.update(
         n_cells=int(len(idx)),
         n_source_cells=int(adata.n_obs),
         source_indices=np.asarray(idx, dtype=np.int64),
         cellsynth_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    out.uns["cellsynth_subsample"] = record
+    out.uns.pop("cellsynth", None)  # a subsample of a cellsynth output is described anew
+    out.uns["cellsynth"] = record
     return out
