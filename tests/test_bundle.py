@@ -221,3 +221,19 @@ def test_label_spec_from_codes_counts_combinations() -> None:
 def test_weight_files_get_the_same_mode_as_config(tiny_bundle: Path) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_bundle.iterdir() if p.is_file()}
     assert modes["ema.safetensors"] == modes["model.safetensors"] == modes[CONFIG_FILE], modes
+
+
+@pytest.mark.parametrize("name", ["kang-dit", "kang-scdg"])
+def test_shipped_weights_carry_the_gene_stamp(name: str, tmp_path: Path) -> None:
+    from cellsynth.bundle import SHIPPED_DIR
+
+    copy = Path(shutil.copytree(SHIPPED_DIR / name, tmp_path / name))
+    where = copy / "autoencoder" if name == "kang-scdg" else copy
+
+    def drop_last_gene(cfg: dict) -> None:
+        cfg["genes"] = cfg["preprocessing"]["genes"] = cfg["genes"][:-1]
+        cfg["architecture"]["n_genes"] = len(cfg["genes"])
+
+    _edit_config(where, drop_last_gene)
+    with pytest.raises(BundleError, match="trained on 2000 genes .* the gene list was edited"):
+        load_bundle(where)
