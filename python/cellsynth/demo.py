@@ -206,24 +206,9 @@ def plot_overlay(
     both = axes[0, 2]
     both.axis("on")
     # Synthetic first, real on top, the same alpha: where real cells are missing, teal shows.
-    both.scatter(
-        ps[:, 0],
-        ps[:, 1],
-        s=3,
-        color=SYNTHETIC_COLOUR,
-        alpha=0.35,
-        label=f"synthetic ({len(ps)})",
-        rasterized=True,
-    )
-    both.scatter(
-        pr[:, 0],
-        pr[:, 1],
-        s=3,
-        color=REAL_COLOUR,
-        alpha=0.35,
-        label=f"real ({len(pr)})",
-        rasterized=True,
-    )
+    for pts, colour, name in ((ps, SYNTHETIC_COLOUR, "synthetic"), (pr, REAL_COLOUR, "real")):
+        both.scatter(pts[:, 0], pts[:, 1], s=3, color=colour, alpha=0.35,
+                     label=f"{name} ({len(pts)})", rasterized=True)  # fmt: skip
     both.set_title("both, by source (real drawn over synthetic)")
     both.legend(markerscale=4, fontsize=8, loc="best")
     for ax in [axes[r, c] for r in range(rows) for c in range(2)] + [both]:
