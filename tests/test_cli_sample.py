@@ -107,3 +107,14 @@ def test_a_dash_value_is_explained(tiny_bundle: Path, capsys: pytest.CaptureFixt
     args = ["sample", str(tiny_bundle), "--n-cells", "3", "--shard=-1/2", "--out", "x.h5ad"]
     assert main(args) == 1
     assert "--shard expects k/N with 0 <= k < N" in capsys.readouterr().err
+
+
+def test_even_gives_each_allowed_combination_the_same_cells(tiny_bundle: Path, tmp_path: Path):
+    out = tmp_path / "even.h5ad"
+    args = ["sample", str(tiny_bundle), *BASE, "--condition", "cell_type=alpha"]
+    assert main([*args, "--condition", "cell_type=gamma", "--even", "--out", str(out)]) == 0
+    adata = anndata.read_h5ad(out)
+    groups = adata.obs.groupby(["cell_type", "batch"], observed=True).size()
+    assert set(adata.obs["cell_type"]) == {"alpha", "gamma"}
+    assert groups.sum() == 30 and groups.max() - groups.min() <= 1
+    assert adata.uns["cellsynth"]["split"] == "even"

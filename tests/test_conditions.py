@@ -103,3 +103,18 @@ def test_label_runs_make_only_the_cells_asked_for() -> None:
         np.testing.assert_array_equal(small[a:b], whole[a:b])
     assert small.digest() == assign_label_runs(SPEC, 5000, seed=4).digest()
     assert small.digest() != assign_label_runs(SPEC, 5000, seed=5).digest()
+
+
+def test_an_even_split_gives_every_allowed_combination_the_same_cells() -> None:
+    from cellsynth.conditions import assign_label_runs
+
+    runs = assign_label_runs(SPEC, 1001, {"cell_type": ["B", "T"]}, seed=1, split="even")
+    counts = sorted(runs.counts.tolist())
+    assert sum(counts) == 1001 and counts[-1] - counts[0] <= 1
+    assert len(counts) == len(
+        [c for c, _ in SPEC.combinations if SPEC.vocabularies["cell_type"][c[0]] in ("B", "T")]
+    )
+    trained = assign_label_runs(SPEC, 1001, {"cell_type": ["B", "T"]}, seed=1)
+    assert trained.counts.tolist() != runs.counts.tolist()  # the training mix is not even
+    with pytest.raises(DataError, match="split must be one of"):
+        assign_label_runs(SPEC, 10, split="uniform")

@@ -89,18 +89,26 @@ def assign_labels(
     return assign_label_runs(spec, n_cells, conditions, seed)[:]
 
 
+SPLITS = ("training", "even")
+
+
 def assign_label_runs(
     spec: LabelSpec,
     n_cells: int,
     conditions: Mapping[str, ConditionValue] | None = None,
     seed: int = 0,
+    split: str = "training",
 ) -> LabelRuns:
     """:func:`assign_labels` as :class:`LabelRuns` (nothing per cell is made up front).
 
-    Combinations are drawn in proportion to their training counts among those matching
-    ``conditions``. When every key is named, a combination unseen in training is allowed (with a
-    warning): the model may still generate it, less reliably.
+    ``split='training'``: combinations are drawn in proportion to their training counts among
+    those matching ``conditions`` (cell_type B or NK: B and NK as often as in the training data).
+    ``split='even'``: every matching combination gets the same number of cells (those left over
+    go to the first ones in code order). When every key is named, a combination unseen in
+    training is allowed (with a warning): the model may still generate it, less reliably.
     """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     if n_cells < 1:
         raise DataError(f"n_cells must be at least 1, got {n_cells}")
     K = len(spec.keys)
@@ -128,6 +136,11 @@ def assign_label_runs(
         grids = np.meshgrid(*[sorted(allowed[j]) for j in range(K)], indexing="ij")
         combos = [(tuple(int(g) for g in row), 1) for row in np.stack(grids, -1).reshape(-1, K)]
     codes = np.array([c for c, _ in combos], dtype=np.int64)
+    if split == "even":
+        m = len(codes)
+        counts = np.full(m, n_cells // m, dtype=np.int64)
+        counts[: n_cells % m] += 1
+        return LabelRuns(codes, counts)
     weights = np.array([n for _, n in combos], dtype=np.float64)
     counts = np.random.default_rng(seed).multinomial(n_cells, weights / weights.sum())
     return LabelRuns(codes, counts)

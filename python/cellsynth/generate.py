@@ -90,6 +90,7 @@ def generate(
     precision: str | None = None,
     threads: int | None = None,
     composition: str | os.PathLike | anndata.AnnData | None = None,
+    split: str = "training",
     shard: tuple[int, int] | None = None,
     counts: bool = False,
     mean: bool = False,
@@ -142,6 +143,10 @@ def generate(
         CPU threads of the engine and of the C++ loops (scheduler steps, noise, counts).
     composition : path or AnnData, optional
         Real cells whose joint label mix the synthetic cells match (instead of ``conditions``).
+    split : {'training', 'even'}
+        How the cells are shared among the label combinations ``conditions`` allows: in their
+        training proportions (default; ``{"cell_type": ["B", "NK cells"]}`` gives B and NK cells
+        as often as in the training data), or the same number for each combination.
     shard : (k, N), optional
         Generate only shard k (0-based) of N: the cells from ``k*n_cells//N`` to
         ``(k+1)*n_cells//N``, each boundary rounded down to a multiple of ``batch_size``, with
@@ -213,7 +218,7 @@ def generate(
         from cellsynth import _core
 
         _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
-    codes = _labels(b, n_cells, conditions, composition, seed)  # runs over all shards' cells
+    codes = _labels(b, n_cells, conditions, composition, seed, split)  # runs over all shards' cells
     denoiser, why = load_denoiser(
         b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
     )
@@ -290,6 +295,7 @@ def generate(
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
         },
         "composition": None if composition is None else _describe_source(composition),
+        "split": split if composition is None else None,
         "batch_size": int(batch_size),
         "cellsynth_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -489,10 +495,13 @@ def _labels(
     conditions: Mapping[str, ConditionValue] | None,
     composition: Any,
     seed: int,
+    split: str = "training",
 ) -> LabelRuns:
     """Every cell's label codes, as runs: a shard makes only its own cells' codes."""
     if composition is None:
-        return assign_label_runs(b.labels, n_cells, conditions, seed=seed)
+        return assign_label_runs(b.labels, n_cells, conditions, seed=seed, split=split)
+    if split != "training":
+        raise DataError("split applies to conditions; a composition sets the label mix itself")
     if conditions:
         raise DataError("give either conditions or a composition to match, not both")
     if isinstance(composition, anndata.AnnData):

@@ -40,6 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="which training timesteps the steps visit (default: leading)",
     )
     p.add_argument(
+        "--even",
+        action="store_true",
+        help="the same number of cells for every label combination --condition allows (default: "
+        "their training proportions)",
+    )
+    p.add_argument(
         "--composition",
         metavar="REAL.h5ad",
         help="match the joint label mix of these real cells (instead of --condition)",
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
         precision=args.precision,
         threads=args.threads,
         composition=args.composition,
+        split="even" if args.even else "training",
         shard=parse_shard(args.shard) if args.shard else None,
         counts=args.counts,
         mean=args.mean,
