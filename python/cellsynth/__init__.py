@@ -15,6 +15,7 @@ from cellsynth.errors import (
     MissingDependencyError,
 )
 from cellsynth.generate import generate
+from cellsynth.scale import normalize_like
 from cellsynth.schedules import NoiseSchedule
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "datasets",
     "generate",
     "load_bundle",
+    "normalize_like",
 ]

@@ -61,6 +61,7 @@ from cellsynth.counts import (
 from cellsynth.errors import BundleError, DataError
 from cellsynth.files import atomic_path, check_output, remove_orphans
 from cellsynth.h5ad_stream import StreamingH5ADWriter
+from cellsynth.scale import NORMALISATION
 
 SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
@@ -297,6 +298,7 @@ def generate(
         "composition": None if composition is None else _describe_source(composition),
         "split": split if composition is None else None,
         "batch_size": int(batch_size),
+        "normalisation": NORMALISATION.format(target_sum=b.preprocessing.target_sum),
         "cellsynth_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
