@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellsynth.files import interrupts_deferred
 from cellsynth.training.device import autocast, resolve_device, resolve_mixed_precision
 from cellsynth.training.diffusion import PREDICTION_TYPES, add_noise, training_target
 from cellsynth.training.ema import EMA
@@ -398,7 +399,8 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary name in the same directory, fsync, then os.replace."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        # A signal during torch.save would surface as a RuntimeError from its writer: hold it.
+        with interrupts_deferred(), open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

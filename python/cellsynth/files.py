@@ -15,11 +15,14 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anndata
 
@@ -166,6 +169,33 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    For writes that a Python exception must not cut in the middle (torch.save turns one raised
+    inside its C++ writer into an unrelated RuntimeError): the signal takes effect right after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum, frame in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif signum == signal.SIGINT and handler == signal.default_int_handler:
+                raise KeyboardInterrupt
 
 
 def default_file_mode() -> int:
