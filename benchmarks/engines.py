@@ -99,6 +99,14 @@ DEFAULT_BUNDLE = SHIPPED_DIR / "kang-dit"  # the shipped default model
 USUAL = "usual PyTorch loop (diffusers DDIM)"
 PUBLISHED = "published scRDiT way"
 ORT_FP32 = "cellsynth (onnxruntime fp32)"
+ORT_INT8 = "cellsynth (onnxruntime int8)"
+AUTO = "cellsynth (auto)"
+# The engines auto chooses among (fp32: auto never picks a reduced precision by itself).
+AUTO_CHOICES = (ORT_FP32, "cellsynth (torch)")
+# The engine issue's goals (CPU, ratios at equal steps, medians of one run).
+GOAL_FP32 = 1.3  # onnxruntime fp32 vs the usual loop
+GOAL_INT8 = 2.0  # onnxruntime int8 vs the usual loop
+GOAL_AUTO_SLACK = 0.05  # auto at most 5% slower than the fastest engine
 
 
 # ------------------------------------------------------------------------------------- FLOPs
@@ -630,8 +638,9 @@ def cpu_methods(
                 )
             key = (engine, precision)
             if key not in denoisers:
+                run_info = {"batch_size": batch_size, "steps": steps, "n_cells": n_cells}
                 denoisers[key] = load_denoiser(
-                    bundle, engine, "cpu", precision=precision, threads=threads
+                    bundle, engine, "cpu", precision=precision, threads=threads, run=run_info
                 )[0]
             return cellsynth_partial(
                 denoisers[key], bundle, n_cells, steps, limit, batch_size, seed
@@ -644,8 +653,11 @@ def cpu_methods(
             ORT_FP32, cellsynth_method("onnxruntime", "fp32"), batch_size, onnx_problems.get("fp32")
         ),
         Method("cellsynth (torch)", cellsynth_method("torch", None), batch_size),
+        # engine='auto': the engine it measures fastest (its calibration runs in the untimed
+        # probe and is cached in a private folder, see main).
+        Method(AUTO, cellsynth_method("auto", None), batch_size),
         Method(
-            "cellsynth (onnxruntime int8)",
+            ORT_INT8,
             cellsynth_method("onnxruntime", "int8"),
             batch_size,
             onnx_problems.get("int8", "not asked for (--no-int8)"),
@@ -811,6 +823,7 @@ def goal_lines(rows: Sequence[Mapping[str, Any]], configs: Sequence[str]) -> lis
                 + ", ".join(f"{v:.2f}x at rate {k}" for k, v in ratios)
                 + f" (goal >= {GOAL_SPEEDUP:.0f}x: {'met' if worst >= GOAL_SPEEDUP else 'NOT met'})"
             )
+        out.extend(_engine_goal_lines(rows, config))
     paper = [
         r["pct_of_gemm"]
         for r in rows
@@ -822,6 +835,38 @@ def goal_lines(rows: Sequence[Mapping[str, Any]], configs: Sequence[str]) -> lis
             f"paper: cellsynth (onnxruntime fp32) reaches {best:.0f}% of the fp32 GEMM rate (best) "
             f"(goal >= {100 * GOAL_GEMM_FRACTION:.0f}%: "
             f"{'met' if best >= 100 * GOAL_GEMM_FRACTION else 'NOT met'})"
+        )
+    return out
+
+
+def _engine_goal_lines(rows: Sequence[Mapping[str, Any]], config: str) -> list[str]:
+    """fp32 >= 1.3x and int8 >= 2x the usual loop; auto within 5% of the faster fp32 engine."""
+    by_rate: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r["config"] == config and r.get("cells_per_s"):
+            by_rate.setdefault(r["rate"], {})[r["method"]] = r["cells_per_s"]
+    out = []
+    for method, goal in ((ORT_FP32, GOAL_FP32), (ORT_INT8, GOAL_INT8)):
+        ratios = {k: v[method] / v[USUAL] for k, v in by_rate.items() if method in v and USUAL in v}
+        if ratios:
+            worst = min(ratios.values())
+            out.append(
+                f"{config}: {method} vs the usual loop: "
+                + ", ".join(f"{v:.2f}x at rate {k}" for k, v in sorted(ratios.items()))
+                + f" (goal >= {goal}x: {'met' if worst >= goal else 'NOT met'})"
+            )
+    gaps = {}
+    for k, v in by_rate.items():
+        engines = [v[m] for m in AUTO_CHOICES if m in v]
+        if AUTO in v and engines:
+            gaps[k] = v[AUTO] / max(engines)
+    if gaps:
+        worst = min(gaps.values())
+        out.append(
+            f"{config}: auto vs the faster fp32 engine: "
+            + ", ".join(f"{v:.2f}x at rate {k}" for k, v in sorted(gaps.items()))
+            + f" (goal >= {1 - GOAL_AUTO_SLACK:.2f}x: "
+            f"{'met' if worst >= 1 - GOAL_AUTO_SLACK else 'NOT met'})"
         )
     return out
 
@@ -985,6 +1030,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(args.threads)
+    # engine='auto' calibrates once per bundle and run; a private cache makes it measure here.
+    os.environ["CELLSYNTH_CACHE_DIR"] = tempfile.mkdtemp(prefix="cellsynth-engines-cache-")
     precisions = ["fp32", "int8"] if args.int8 else ["fp32"]
     flop_check = check_flop_formula()
     gemm_2048 = gemm_gflops(2048, 2048, 2048)
@@ -1021,6 +1068,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "goal_targets": {
             "speedup_vs_usual_loop": GOAL_SPEEDUP,
             "fraction_of_gemm": GOAL_GEMM_FRACTION,
+            "onnxruntime_fp32_vs_usual": GOAL_FP32,
+            "onnxruntime_int8_vs_usual": GOAL_INT8,
+            "auto_slack": GOAL_AUTO_SLACK,
         },
         "flop_formula": "2NpD + 2FD + 2D^2 + L(12D^2 + 8ND^2 + 4NDM + 4N^2 D) + 4D^2 + 2NDp",
         "flop_check": flop_check,

@@ -52,6 +52,7 @@ from cellsynth.backends.onnxruntime_backend import (
 from cellsynth.bundle import WEIGHT_FILES, Bundle, load_bundle
 from cellsynth.errors import BundleError
 from cellsynth.export import parity
+from cellsynth.export.ort_fusion import fuse_for_onnxruntime
 from cellsynth.export.parity import ExportError
 from cellsynth.export.quantize import HalfPrecision, quantize_int8
 from cellsynth.exports import ONNX_PRECISIONS, export_entry, record_export
@@ -70,6 +71,8 @@ AUTOENCODER_PARTS = {"encoder": ("x", "z"), "decoder": ("z", "x")}
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 MAX_SINGLE_FILE = 2**31 - 2**20  # protobuf's 2 GiB limit, less headroom
 TRAJECTORY_CELLS = 200
+# Precisions that get onnxruntime's fused graph as well (fp16 on the CPU is not a speed path).
+ORT_FUSED_PRECISIONS = ("fp32", "int8")
 TRAJECTORY_STEPS = 20
 _EXAMPLE_BATCH = 3  # not 0 or 1, which torch.export would specialise the batch dimension to
 
@@ -157,11 +160,22 @@ def export_onnx(
         if expression is not None:
             cases.append(parity.real_cell_case(bundle, expression, real_source, seed))
         bar.update()
-        base = None
+        base = fused = None
+        if precision in ORT_FUSED_PRECISIONS:
+            bar.set_postfix_str("onnxruntime fusions")
+            fp32_graph = fp32_file if precision == "int8" else final
+            fused = _fused_graph(fp32_graph, Path(tmp) / f"model.{precision}.onnxruntime.onnx")
         if precision == "int8":  # the float graph it is quantised from must be right first
             bar.set_postfix_str("fp32 parity")
             base = _fp32_parity(open_session(fp32_file), reference, cases)
-            quantize_int8(fp32_file, final)
+            if fused is not None and fused.get("path") is not None:
+                _fused_parity(fused, reference, cases)
+            if fused is not None and fused.get("path") is not None:
+                # int8 runs on onnxruntime only, so it is quantised from the fused graph.
+                quantize_int8(fused.pop("path"), final)
+                fused["quantized_from"] = "the fused fp32 graph"
+            else:
+                quantize_int8(fp32_file, final)
             bar.update()
         _write_metadata(final, bundle, weights, precision, opset)
         bar.set_postfix_str("validate")
@@ -180,6 +194,9 @@ def export_onnx(
         )
         if base is not None:
             report["fp32_before_quantization"] = _summary(base)
+        if fused is not None and fused.get("path") is not None:
+            _write_metadata(fused["path"], bundle, weights, precision, opset)
+            _fused_parity(fused, reference, cases)
         bar.update()
         fidelity = None
         if precision != "fp32":
@@ -194,8 +211,13 @@ def export_onnx(
                 )
             bar.update()
         entry = _entry(bundle, final, precision, weights, opset, report, fidelity)
+        companion = None
+        if fused is not None:
+            path = fused.pop("path", None)
+            entry["onnxruntime_graph"] = _plain(fused)
+            companion = ("onnxruntime_graph", path) if path is not None else None
         _current(bundle)  # refuse to record against a config.json that changed meanwhile
-        record_export(bundle, "onnx", precision, final, entry)
+        record_export(bundle, "onnx", precision, final, entry, companion=companion)
         bar.update()
     bar.close()
     return export_entry(bundle, "onnx", precision) or entry
@@ -586,6 +608,34 @@ def _fp32_parity(
             f"{'' if report['finite'] else ' (non-finite outputs)'}; it was not recorded"
         )
     return report
+
+
+def _fused_graph(src: Path, dst: Path) -> dict[str, Any]:
+    """onnxruntime's fusions applied to ``src`` (see :mod:`cellsynth.export.ort_fusion`).
+
+    Returns the fusion report with ``path`` (the fused file) when something fused; without
+    ``path`` (and with ``reason``) when nothing applies or the rewriter failed: the export then
+    goes on with the portable graph alone.
+    """
+    try:
+        report = fuse_for_onnxruntime(src, dst)
+    except Exception as exc:  # the rewriter raises many types; the portable graph still works
+        dst.unlink(missing_ok=True)
+        return {"fused": False, "reason": f"the rewriter failed: {_one_line(exc)}"}
+    if not report["fused_ops"]:
+        dst.unlink(missing_ok=True)
+        return {**report, "fused": False, "reason": "no fusion applies to this architecture"}
+    return {**report, "fused": True, "path": dst}
+
+
+def _fused_parity(fused: dict[str, Any], reference: parity.Model, cases: list) -> None:
+    """Gate the fused graph at fp32 tolerance against PyTorch, in place: the report's summary
+    is kept, and a graph that fails is dropped (the portable one is used) with the reason."""
+    try:
+        fused["parity"] = _summary(_fp32_parity(open_session(fused["path"]), reference, cases))
+    except ExportError as exc:
+        Path(fused.pop("path")).unlink(missing_ok=True)
+        fused.update(fused=False, reason=f"the fused graph failed parity: {exc}")
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

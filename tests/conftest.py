@@ -15,6 +15,21 @@ import scipy.sparse as sp
 from cellsynth import datasets
 from cellsynth.errors import DatasetNotInstalledError
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the engine calibration cache of ``engine='auto'`` out of the user's home."""
+    import os
+
+    before = os.environ.get("CELLSYNTH_CACHE_DIR")
+    os.environ["CELLSYNTH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cellsynth-cache"))
+    yield
+    if before is None:
+        os.environ.pop("CELLSYNTH_CACHE_DIR", None)
+    else:
+        os.environ["CELLSYNTH_CACHE_DIR"] = before
+
+
 # ----------------------------------------------------------------------------- data fixtures
 
 KANG_SMALL_CELLS = 3000

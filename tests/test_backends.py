@@ -1,4 +1,6 @@
-"""Engines: 'auto' picks the fastest available, and every backend gives the same cells."""
+"""Engines: 'auto' picks the fastest available, and every backend gives the same cells.
+
+The measured choice on the CPU (calibration and its cache) is tested in test_calibration.py."""
 
 from __future__ import annotations
 
@@ -54,8 +56,11 @@ def test_auto_choice_is_printed_and_recorded(tiny_onnx_bundle, capsys):
     adata = cellsynth.generate(
         tiny_onnx_bundle, engine="auto", device="cpu", **{**KW, "progress": True}
     )
-    assert "engine onnxruntime on cpu (auto: CPU with an ONNX export)" in capsys.readouterr().err
-    assert adata.uns["cellsynth"]["engine_choice"] == "CPU with an ONNX export"
+    why = "CPU, onnxruntime (not measured: 21 cells x 6 steps is too small a run to calibrate)"
+    assert f"engine onnxruntime on cpu (auto: {why})" in capsys.readouterr().err
+    assert adata.uns["cellsynth"]["engine_choice"] == why
+    record = adata.uns["cellsynth"]["backend"]["engine_calibration"]
+    assert record["engine"] == "onnxruntime" and not record["calibrated"]
 
 
 @pytest.mark.parametrize(

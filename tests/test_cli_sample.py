@@ -83,15 +83,15 @@ def test_garbage_values_are_refused_not_written(
     import importlib
 
     gen_module = importlib.import_module("cellsynth.generate")
-    real_load = gen_module.load_denoiser
+    real_load = gen_module.load_engine
 
     def exploding(*args, **kwargs):
-        denoiser, why = real_load(*args, **kwargs)
+        denoiser, decoder, why = real_load(*args, **kwargs)
         denoise = denoiser.denoise
         denoiser.denoise = lambda *a, **k: denoise(*a, **k) * np.float32(1e20)
-        return denoiser, why
+        return denoiser, decoder, why
 
-    monkeypatch.setattr(gen_module, "load_denoiser", exploding)
+    monkeypatch.setattr(gen_module, "load_engine", exploding)
     out = tmp_path / "x.h5ad"
     assert main(["sample", str(tiny_bundle), *BASE, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]

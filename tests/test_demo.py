@@ -20,9 +20,14 @@ def test_kang_dit_is_shipped_and_addressable_by_name(capsys: pytest.CaptureFixtu
     assert len(b.genes) == 2000 and b.labels.keys == ["cell_type", "stim"]
     assert len(b.labels.vocabularies["cell_type"]) == 8
     assert main(["info", "kang-dit"]) == 0
-    assert "onnx/model.fp32.onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "onnx/model.fp32.onnx" in printed
+    # The CPU engine's graph with onnxruntime's fused attention and GELU ships too (3.4 MB).
+    assert "onnxruntime: onnx/model.fp32.onnxruntime.onnx: FastGelu x3, MultiHeadAttention x3" in (
+        printed
+    )
     total = sum(f.stat().st_size for f in b.path.rglob("*") if f.is_file())
-    assert total < 12e6  # kang-dit and kang-scdg together must stay < 25 MB
+    assert total < 14e6  # kang-dit and kang-scdg together must stay < 30 MB
 
 
 @pytest.mark.slow

@@ -166,7 +166,69 @@ def test_backend_matches_torch(exported):
         assert desc["engine"] == "onnxruntime" and desc["device"] == "cpu"
         assert desc["precision"] == precision and desc["threads"] == 1
         assert desc["provider"] == "CPUExecutionProvider"
-        assert desc["onnx_sha256"] == entries[precision]["sha256"]
+        # fp32 runs the onnxruntime-fused graph; int8 was quantised from it; fp16 is unfused.
+        fused = entries[precision].get("onnxruntime_graph", {}).get("file")
+        assert desc["onnx_file"] == (fused or entries[precision]["file"])
+        assert desc["onnx_sha256"] == sha256_file(root / desc["onnx_file"])
+
+
+def test_fused_graph_recorded_and_checked(exported):
+    root, entries = exported
+    graph = entries["fp32"]["onnxruntime_graph"]
+    assert graph["fused"] and graph["file"] == "onnx/model.fp32.onnxruntime.onnx"
+    assert graph["fused_ops"] == {"MultiHeadAttention": 1, "FastGelu": 1}  # depth 1
+    assert graph["ops_after"] < graph["ops_before"]
+    assert graph["parity"]["passed"] and 0 < graph["parity"]["max_rel_error"] < 1e-5
+    assert graph["sha256"] == sha256_file(root / graph["file"])
+    model = onnx.load(str(root / graph["file"]))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["bundle_hash"] == load_bundle(root).hash and meta["precision"] == "fp32"
+    # The portable file keeps standard ops only (TensorRT and other runtimes read it).
+    plain = onnx.load(str(root / entries["fp32"]["file"]))
+    assert {n.domain for n in plain.graph.node} <= {"", "ai.onnx"}
+    int8 = entries["int8"]["onnxruntime_graph"]
+    assert int8["quantized_from"] == "the fused fp32 graph" and "file" not in int8
+    assert "onnxruntime_graph" not in entries["fp16"]
+
+
+def test_slices_are_bit_identical_to_one_call(exported):
+    root, _ = exported
+    bundle = load_bundle(root)
+    x, t, labels = _inputs(bundle, 50, seed=4)
+    whole = OnnxRuntimeDenoiser(bundle, threads=1, rows_per_call=1000)(x, t, labels)
+    for rows in (1, 7, 49):
+        den = OnnxRuntimeDenoiser(bundle, threads=1, rows_per_call=rows)
+        assert den.details["rows_per_call"] == rows
+        out = den(x, t, labels)
+        assert out.flags.c_contiguous and np.array_equal(out, whole)
+    with pytest.raises(CellsynthError, match="rows_per_call must be >= 1"):
+        OnnxRuntimeDenoiser(bundle, rows_per_call=0)
+
+
+def test_rows_per_call_fits_the_activation_in_cache():
+    from cellsynth.backends.onnxruntime_backend import default_rows_per_call
+
+    kang = dict(n_genes=2000, patch_size=50, hidden_size=128)  # 40 tokens x 128: 20 KiB/cell
+    paper = dict(n_genes=2000, patch_size=10, hidden_size=768)  # 600 KiB/cell
+    assert default_rows_per_call(kang) == 32
+    assert default_rows_per_call(paper) == 4  # the floor
+    assert default_rows_per_call(dict(n_genes=32, hidden_size=192)) == 1024  # an MLP: 1 token
+    assert default_rows_per_call(dict(n_genes=32)) >= 2**30  # nothing to size by
+
+
+def test_export_without_fused_graph_still_runs(exported, tmp_path):
+    """A bundle exported before fused graphs existed (or where none applied) runs the portable
+    graph; a listed fused graph that is damaged is refused, naming the file."""
+    root = _copy(exported[0], tmp_path)
+    manifest = read_exports(root)
+    graph = manifest["onnx"]["fp32"]["onnxruntime_graph"]
+    (root / graph["file"]).write_bytes(b"garbage")
+    with pytest.raises(BundleError, match=r"model\.fp32\.onnxruntime\.onnx is corrupt"):
+        OnnxRuntimeDenoiser(load_bundle(root), threads=1)
+    del manifest["onnx"]["fp32"]["onnxruntime_graph"]
+    (root / "exports.json").write_text(json.dumps(manifest))
+    den = OnnxRuntimeDenoiser(load_bundle(root), threads=1)
+    assert den.details["onnx_file"] == "onnx/model.fp32.onnx" and den.details["fused_ops"] == {}
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
@@ -206,6 +268,7 @@ def test_corrupt_onnx_file_names_the_file(exported, tmp_path):
     # Even with a matching checksum (exports.json edited), onnxruntime's refusal is reported.
     manifest = json.loads((root / "exports.json").read_text())
     manifest["onnx"]["fp32"]["sha256"] = sha256_file(path)
+    manifest["onnx"]["fp32"].pop("onnxruntime_graph")  # so the engine opens the plain file
     (root / "exports.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"model\.fp32\.onnx is corrupt: onnxruntime cannot"):
         OnnxRuntimeDenoiser(root)

@@ -6,6 +6,10 @@ Exports live inside the bundle directory beside the weights::
       exports.json                 manifest: what was exported, from which config.json, checksums
       onnx/model.fp32.onnx         the denoiser, one ONNX file per precision ('fp32', 'fp16',
                                    'int8'), listed under the precision's name
+      onnx/model.fp32.onnxruntime.onnx
+                                   the same graph with onnxruntime's fused attention and GELU
+                                   (runs on onnxruntime only; the CPU engine loads it), listed
+                                   as the fp32 entry's 'onnxruntime_graph'
       tensorrt/<key>.plan          TensorRT engines, keyed by GPU, compute capability, TensorRT
                                    version and precision (an engine only runs where it was built)
       tensorrt/timing.cache        TensorRT's timing cache, reused by later builds
@@ -120,15 +124,23 @@ def export_path(bundle: Any, kind: str, key: str, verify: bool = True) -> Path:
         raise BundleError(
             f"{root} has no {kind} export {key!r}; make it with: {_hint(root, kind, key)}"
         )
-    path = root / entry["file"]
+    return _checked_file(root, entry, verify)
+
+
+def _checked_file(root: Path, listed: Mapping[str, Any], verify: bool = True) -> Path:
+    """The file a manifest record lists (``file``, ``sha256``), refused when it lies outside the
+    bundle, is missing, or (``verify``) its SHA-256 differs."""
+    path = root / listed["file"]
     if not path.resolve().is_relative_to(root.resolve()):
         raise BundleError(
-            f"{root / EXPORTS_FILE} lists {entry['file']!r}, outside the bundle; an export "
+            f"{root / EXPORTS_FILE} lists {listed['file']!r}, outside the bundle; an export "
             "is a file inside its bundle (re-export to repair the manifest)"
         )
     if not path.is_file():
-        raise BundleError(f"{root} is incomplete: {entry['file']} (listed in exports.json) is gone")
-    if verify and sha256_file(path) != entry["sha256"]:
+        raise BundleError(
+            f"{root} is incomplete: {listed['file']} (listed in exports.json) is gone"
+        )
+    if verify and sha256_file(path) != listed.get("sha256"):
         raise BundleError(f"{path} is corrupt: its SHA-256 differs from the one in exports.json")
     return path
 
@@ -148,26 +160,57 @@ def _hint(root: Path, kind: str, key: str) -> str:
 
 
 def record_export(
-    bundle: Any, kind: str, key: str, produced: str | os.PathLike, entry: Mapping[str, Any]
+    bundle: Any,
+    kind: str,
+    key: str,
+    produced: str | os.PathLike,
+    entry: Mapping[str, Any],
+    companion: tuple[str, str | os.PathLike] | None = None,
 ) -> Path:
     """Move a finished export file into the bundle and list it in the manifest.
 
     ``produced`` is a complete file written elsewhere (e.g. a temporary directory); it is moved to
     ``<kind>/<file name>`` and the manifest is rewritten atomically, so an interrupted export
-    never leaves a listed-but-partial file.
+    never leaves a listed-but-partial file. ``companion`` ``(field, path)``: a second file of the
+    same export (the onnxruntime-fused graph), moved beside it and listed as ``entry[field]``'s
+    ``file`` and ``sha256``.
     """
     root, _ = _bundle_root_and_hash(bundle)
     manifest = read_exports(bundle, discard_stale=True)
-    produced = Path(produced)
+    record = dict(entry)
+    if companion is not None:
+        field, path = companion
+        record[field] = {**dict(record.get(field) or {}), **_move_in(root, kind, Path(path))}
+    record.update(_move_in(root, kind, Path(produced)))
+    final = root / record["file"]
+    manifest[kind][key] = record
+    with atomic_path(root / EXPORTS_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return final
+
+
+def _move_in(root: Path, kind: str, produced: Path) -> dict[str, str]:
+    """Move ``produced`` to ``root/<kind>/<its name>``; its manifest ``file`` and ``sha256``."""
     rel = f"{kind}/{produced.name}"
     final = root / rel
     final.parent.mkdir(exist_ok=True)
     with atomic_path(final) as tmp:
         os.replace(produced, tmp)
-    manifest[kind][key] = {**dict(entry), "file": rel, "sha256": sha256_file(final)}
-    with atomic_path(root / EXPORTS_FILE) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return final
+    return {"file": rel, "sha256": sha256_file(final)}
+
+
+def fused_graph_path(bundle: Any, precision: str) -> Path | None:
+    """The onnxruntime-fused graph of the ONNX export ``precision``, checked against its SHA-256;
+    None when the export has none (no fusion applied, or exported by an older cellsynth).
+
+    Raises
+    ------
+    BundleError
+        If it is listed but missing or corrupt.
+    """
+    root, _ = _bundle_root_and_hash(bundle)
+    graph = (export_entry(bundle, "onnx", precision) or {}).get("onnxruntime_graph") or {}
+    return _checked_file(root, graph) if graph.get("file") else None
 
 
 def check_tensorrt_kind(bundle: Any) -> None:

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends import load_decoder, load_denoiser
+from cellsynth.backends import load_engine
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.chunks import ChunkStore
 from cellsynth.conditions import (
@@ -220,19 +220,16 @@ def generate(
 
         _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
     codes = _labels(b, n_cells, conditions, composition, seed, split)  # runs over all shards' cells
-    denoiser, why = load_denoiser(
-        b, engine=engine, device=device, weights=weights, precision=precision, threads=threads
+    # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
+    denoiser, decoder, why = load_engine(
+        b,
+        engine=engine,
+        device=device,
+        weights=weights,
+        precision=precision,
+        threads=threads,
+        run={"batch_size": int(batch_size), "steps": int(steps), "n_cells": int(hi - lo)},
     )
-    try:
-        # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
-        decoder = (
-            load_decoder(b, denoiser.name, denoiser.device, threads)
-            if b.kind == "latent_diffusion"
-            else None
-        )
-    except BaseException:
-        denoiser.close()
-        raise
     count_model = decoder is not None and decoder.counts
     if mean and not count_model:
         denoiser.close()

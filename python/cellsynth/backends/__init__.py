@@ -8,8 +8,10 @@ onnxruntime the bundle's ONNX export              onnxruntime (CPU); onnxruntime
 tensorrt    an engine built from the ONNX export  an NVIDIA GPU, TensorRT 10
 ========== ===================================== ==========================================
 
-``engine='auto'`` takes the first available in the order TensorRT, onnxruntime on CUDA, torch on
-CUDA, onnxruntime on the CPU, torch on the CPU: the order measured fastest (benchmarks/engines.py).
+``engine='auto'`` on a GPU takes the first available in the order TensorRT, onnxruntime on CUDA,
+torch on CUDA. On the CPU, where onnxruntime (with an ONNX export) and torch can both run the
+bundle, it measures which is faster for this bundle, machine, thread count and batch size and
+caches the answer (:mod:`cellsynth.backends.calibration`); with one of them, that one.
 
 A latent-diffusion bundle (SCDG over autoencoder codes) denoises with the same backends at width
 D and ends with a :class:`Decoder` from :func:`load_decoder`, chosen by the denoiser's engine and
@@ -31,7 +33,15 @@ from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
 
 ENGINES = ("torch", "onnxruntime", "tensorrt")
 
-__all__ = ["ENGINES", "Decoder", "Denoiser", "choose_engine", "load_decoder", "load_denoiser"]
+__all__ = [
+    "ENGINES",
+    "Decoder",
+    "Denoiser",
+    "choose_engine",
+    "load_decoder",
+    "load_denoiser",
+    "load_engine",
+]
 
 
 def _cuda_device_count() -> int:
@@ -128,6 +138,7 @@ def load_denoiser(
     weights: str = "ema",
     precision: str | None = None,
     threads: int | None = None,
+    run: dict[str, int] | None = None,
 ) -> tuple[Denoiser, str]:
     """Build the denoiser for ``engine`` and return it with a line saying why it was chosen.
 
@@ -142,6 +153,11 @@ def load_denoiser(
         onnxruntime: 'fp32' (default), 'fp16', 'int8'; tensorrt: 'fp16' (default), 'bf16', 'fp32'.
     threads : int, optional
         CPU threads (torch, onnxruntime on the CPU).
+    run : dict, optional
+        The run ``engine='auto'`` chooses for: ``batch_size``, ``steps``, ``n_cells``. On the CPU
+        with both onnxruntime and torch able to run the bundle (and no ``precision`` asked for),
+        the faster one for it is measured (:mod:`cellsynth.backends.calibration`) and the figures
+        are kept in ``denoiser.details['engine_calibration']``. Without it: onnxruntime.
     """
     if engine not in (*ENGINES, "auto"):
         raise CellsynthError(f"engine must be 'auto' or one of {ENGINES}, got {engine!r}")
@@ -150,9 +166,19 @@ def load_denoiser(
         from cellsynth.exports import check_tensorrt_kind
 
         check_tensorrt_kind(bundle)
-    why = "asked for"
+    why, calibration = "asked for", None
     if engine == "auto":
         engine, device, why = choose_engine(bundle, device)
+        candidates = _cpu_candidates(bundle)
+        if device == "cpu" and run is not None and precision is None and len(candidates) > 1:
+            from cellsynth.backends.calibration import choose_by_speed
+
+            def load(name: str) -> tuple[Denoiser, Decoder | None]:
+                return load_engine(bundle, name, "cpu", weights, None, threads)[:2]
+
+            engine, why, calibration = choose_by_speed(
+                bundle, candidates, load, run["batch_size"], run["steps"], run["n_cells"], threads
+            )
     elif device == "auto":
         device = (
             "cuda:0" if engine == "tensorrt" or (engine == "torch" and _torch_cuda()) else "cpu"
@@ -162,8 +188,61 @@ def load_denoiser(
             "the tensorrt engine runs only on an NVIDIA GPU; on the CPU use --engine onnxruntime "
             "or torch"
         )
+    denoiser = _build(bundle, engine, device, weights, precision, threads)
+    if calibration is not None:
+        denoiser.details["engine_calibration"] = calibration
+    return denoiser, why
+
+
+def load_engine(
+    bundle: Bundle,
+    engine: str = "auto",
+    device: str = "auto",
+    weights: str = "ema",
+    precision: str | None = None,
+    threads: int | None = None,
+    run: dict[str, int] | None = None,
+) -> tuple[Denoiser, Decoder | None, str]:
+    """What generation runs on: the denoiser (:func:`load_denoiser`, same arguments), a latent
+    bundle's decoder on the denoiser's kind of engine and device (None for a gene-space bundle),
+    and the line saying why the engine was chosen."""
+    denoiser, why = load_denoiser(bundle, engine, device, weights, precision, threads, run)
+    try:
+        decoder = (
+            load_decoder(bundle, denoiser.name, denoiser.device, threads)
+            if _latent(bundle)
+            else None
+        )
+    except BaseException:
+        denoiser.close()
+        raise
+    return denoiser, decoder, why
+
+
+def _cpu_candidates(bundle: Bundle) -> list[str]:
+    """The engines that can run ``bundle`` on this machine's CPU."""
+    return [
+        name
+        for name, ok in (("onnxruntime", _has_onnx(bundle)), ("torch", _has_module("torch")))
+        if ok
+    ]
+
+
+def _build(
+    bundle: Bundle,
+    engine: str,
+    device: str,
+    weights: str,
+    precision: str | None,
+    threads: int | None,
+) -> Denoiser:
     denoiser: Any
     if engine == "torch":
+        if not _has_module("torch"):
+            raise MissingDependencyError(
+                "the torch engine needs PyTorch, which is not installed: pip install "
+                "torch==2.13.0, or use --engine onnxruntime"
+            )
         from cellsynth.backends.torch_backend import TorchDenoiser
 
         denoiser = TorchDenoiser(bundle, device=device, weights=weights, threads=threads)
@@ -179,7 +258,7 @@ def load_denoiser(
         from cellsynth.backends.tensorrt_backend import TensorRTDenoiser
 
         denoiser = TensorRTDenoiser(bundle, precision=precision or "fp16", device=device)
-    return denoiser, why
+    return denoiser
 
 
 def load_decoder(

@@ -15,7 +15,8 @@ the null labels, and the scheduler steps on ``uncond + g * (cond - uncond)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ class Denoiser(ABC):
 
     name: str = ""
     device: str = "cpu"
+    #: Threads of the C++ scheduler steps while this backend denoises; None keeps the run's.
+    #: A backend whose own thread pool busy-waits between calls on the same cores sets 1: a
+    #: second pool stepping in parallel would fight it for the cores (measured 2x slower on 2
+    #: cores for onnxruntime), and a step is a small share of the time anyway.
+    step_threads: int | None = None
 
     def __init__(self) -> None:
         self.details: dict[str, Any] = {}
@@ -105,12 +111,13 @@ class Denoiser(ABC):
         codes = np.concatenate([labels, null_labels]) if guided else labels  # [B or 2B, K]
         lab = self.to_native(np.ascontiguousarray(codes, dtype=np.int64))
         n_in = len(codes)
-        for t in scheduler.timesteps.tolist():
-            out = self(self.twice(x) if guided else x, self.timesteps(t, n_in), lab)
-            if guided:
-                out = self.guide(out, guidance)  # [B, G]
-            # In place; the last step also truncates negatives to zero.
-            scheduler.step(out, t, x, cell_offset=cell_offset, out=x, **step_options)
+        with step_threads(self.step_threads):
+            for t in scheduler.timesteps.tolist():
+                out = self(self.twice(x) if guided else x, self.timesteps(t, n_in), lab)
+                if guided:
+                    out = self.guide(out, guidance)  # [B, G]
+                # In place; the last step also truncates negatives to zero.
+                scheduler.step(out, t, x, cell_offset=cell_offset, out=x, **step_options)
         return self.to_host(x)
 
     def close(self) -> None:
@@ -120,6 +127,22 @@ class Denoiser(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance: engine name, device and backend details."""
         return {"engine": self.name, "device": self.device, **self.details}
+
+
+@contextmanager
+def step_threads(n: int | None) -> Iterator[None]:
+    """Run the C++ core on ``n`` threads inside the block (None: unchanged), restored after."""
+    if n is None:
+        yield
+        return
+    from cellsynth import _core
+
+    before = _core.get_num_threads()
+    _core.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        _core.set_num_threads(before)
 
 
 class Decoder(ABC):
@@ -161,6 +184,11 @@ class Decoder(ABC):
 
     name: str = ""
     device: str = "cpu"
+    #: Threads of the C++ scheduler steps while this backend denoises; None keeps the run's.
+    #: A backend whose own thread pool busy-waits between calls on the same cores sets 1: a
+    #: second pool stepping in parallel would fight it for the cores (measured 2x slower on 2
+    #: cores for onnxruntime), and a step is a small share of the time anyway.
+    step_threads: int | None = None
 
     def __init__(self, autoencoder: Any, latent_scale: float = 1.0) -> None:
         arch = autoencoder.architecture

@@ -165,6 +165,17 @@ def _tensorrt(args: argparse.Namespace, path: Path, shown: str) -> None:
     )
 
 
+def fusion_summary(graph: dict[str, Any]) -> str:
+    """One phrase on an export's onnxruntime-fused graph (``entry['onnxruntime_graph']``)."""
+    if not graph.get("fused"):
+        return f"not fused ({graph.get('reason', 'no reason recorded')})"
+    ops = ", ".join(f"{op} x{n}" for op, n in graph["fused_ops"].items())
+    where = graph.get("file") or graph.get("quantized_from", "")
+    parity = graph.get("parity", {}).get("max_rel_error")
+    checked = f", parity {parity:.1e}" if isinstance(parity, float) else ""
+    return f"{where}: {ops} ({graph['ops_before']} -> {graph['ops_after']} nodes{checked})"
+
+
 def report_lines(bundle: str, entry: dict[str, Any]) -> list[str]:
     """A few lines summarising an ONNX manifest entry: file, parity, trajectory fidelity."""
     par = entry["parity"]
@@ -183,6 +194,9 @@ def report_lines(bundle: str, entry: dict[str, Any]) -> list[str]:
     real = par.get("real_cells", {})
     if real.get("source") is None and real.get("note"):
         lines.append(f"note: {real['note']}")
+    graph = entry.get("onnxruntime_graph")
+    if graph:
+        lines.append(f"onnxruntime graph: {fusion_summary(graph)}")
     base = par.get("fp32_before_quantization")
     if base:
         lines.append(

@@ -162,6 +162,12 @@ def _describe_exports(bundle: Bundle, prefix: str = "", none_line: bool = True) 
         parity = f", parity {worst:.1e}" if isinstance(worst, float) else ""
         size = e.get("size_bytes", 0) / 1e6
         lines.append(f"onnx         {prefix}{e['file']} ({size:.1f} MB{parity})")
+        if e.get("onnxruntime_graph"):
+            from cellsynth.cli.export import fusion_summary
+
+            lines.append(
+                f"             {prefix}onnxruntime: {fusion_summary(e['onnxruntime_graph'])}"
+            )
     for key, e in sorted(manifest["tensorrt"].items()):
         try:
             export_path(bundle, "tensorrt", key)

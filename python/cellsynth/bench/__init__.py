@@ -1,0 +1,1 @@
+"""cellsynth bench: latency and throughput of generation on this machine (see run.py)."""

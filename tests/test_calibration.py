@@ -1,0 +1,133 @@
+"""engine='auto' on the CPU: the engine measured fastest, cached per bundle, machine and run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import cellsynth
+from cellsynth.backends import calibration
+from cellsynth.backends.base import Denoiser
+
+RUN = dict(n_cells=400, steps=50, seed=1, batch_size=64, progress=False, threads=1)
+
+
+class _Sleepy(Denoiser):
+    """A denoiser whose every call takes ``seconds`` per cell (for the choice, not the cells)."""
+
+    def __init__(self, name: str, seconds: float, calls: list) -> None:
+        super().__init__()
+        self.name, self.seconds, self.calls = name, seconds, calls
+
+    def __call__(self, x_t, timesteps, labels):
+        self.calls.append(self.name)
+        time.sleep(self.seconds * len(x_t))
+        return np.zeros_like(x_t)
+
+
+def _choose(bundle, speeds, batch_size=64, n_cells=1000, steps=50):
+    calls: list[str] = []
+
+    def load(name):
+        return _Sleepy(name, speeds[name], calls), None
+
+    engine, why, record = calibration.choose_by_speed(
+        bundle, list(speeds), load, batch_size, steps, n_cells, threads=1
+    )
+    return engine, why, record, calls
+
+
+def test_the_faster_engine_wins_and_the_answer_is_cached(tiny_onnx_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    engine, why, record, calls = _choose(bundle, {"onnxruntime": 2e-4, "torch": 2e-5})
+    assert engine == "torch" and record["calibrated"] and not record["cached"]
+    assert record["cells"] == 64 and record["steps"] == 50
+    per_cell = record["seconds_per_cell"]
+    assert per_cell["torch"] < per_cell["onnxruntime"]
+    assert 50 * 2e-4 <= per_cell["onnxruntime"] < 50 * 2e-3  # steps x the model's cost per cell
+    # One warm-up and three timed calls per engine.
+    assert calls.count("torch") == calls.count("onnxruntime") == 1 + calibration.TIMED_CALLS
+    assert why.startswith("measured fastest on this CPU: torch ") and "64 cells timed now" in why
+    # Same bundle, machine and run: the cache answers, nothing is timed again, even if the
+    # engines would now compare the other way.
+    engine, why, record, calls = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-3})
+    assert engine == "torch" and record["cached"] and calls == [] and why.endswith("(cached)")
+    # The cache keeps call times: another step count is decided from them without timing.
+    _, _, record, calls = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-3}, steps=10)
+    assert calls == [] and record["cached"] and record["steps"] == 10
+    assert record["seconds_per_cell"]["torch"] == pytest.approx(per_cell["torch"] / 5)
+    # Another batch size is another question.
+    engine, _, record, calls = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-3}, batch_size=32)
+    assert engine == "onnxruntime" and not record["cached"] and record["cells"] == 32
+
+
+def test_small_runs_are_not_calibrated(tiny_onnx_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    engine, why, record, calls = _choose(bundle, {"onnxruntime": 1e-3, "torch": 0.0}, n_cells=10)
+    assert engine == "onnxruntime" and calls == [] and not record["calibrated"]
+    assert "10 cells x 50 steps is too small a run to calibrate" in why
+    assert not (tmp_path / calibration.CACHE_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 99, "entries": {}}', "[1, 2]"])
+def test_a_damaged_cache_is_ignored_and_rewritten(tiny_onnx_bundle, tmp_path, monkeypatch, content):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    (tmp_path / calibration.CACHE_FILE).write_text(content)
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    engine, _, record, _ = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-4})
+    assert engine == "onnxruntime" and not record["cached"]
+    data = json.loads((tmp_path / calibration.CACHE_FILE).read_text())
+    assert data["format"] == calibration.CACHE_FORMAT and len(data["entries"]) == 1
+
+
+def test_an_unwritable_cache_costs_only_the_measurement(tiny_onnx_bundle, tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(blocked / "cache"))
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    engine, _, record, _ = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-4})
+    assert engine == "onnxruntime" and record["calibrated"]
+
+
+def test_generate_auto_measures_records_and_reuses(tiny_onnx_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    first = cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", **RUN)
+    record = first.uns["cellsynth"]["backend"]["engine_calibration"]
+    assert record["calibrated"] and not record["cached"]
+    assert set(record["seconds_per_cell"]) == {"onnxruntime", "torch"}
+    fastest = min(record["seconds_per_cell"], key=record["seconds_per_cell"].get)
+    assert first.uns["cellsynth"]["engine"] == fastest == record["engine"]
+    assert first.uns["cellsynth"]["engine_choice"].startswith("measured fastest on this CPU")
+    again = cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", **RUN)
+    assert again.uns["cellsynth"]["backend"]["engine_calibration"]["cached"]
+    assert again.uns["cellsynth"]["engine"] == fastest
+    # The cells are the engine's: the same as asking for that engine by name.
+    named = cellsynth.generate(tiny_onnx_bundle, engine=fastest, device="cpu", **RUN)
+    assert np.array_equal(named.X.toarray(), again.X.toarray())
+
+
+def test_an_explicit_precision_is_not_second_guessed(tiny_onnx_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    adata = cellsynth.generate(
+        tiny_onnx_bundle, engine="auto", device="cpu", precision="fp32", **RUN
+    )
+    assert adata.uns["cellsynth"]["engine"] == "onnxruntime"
+    assert "engine_calibration" not in adata.uns["cellsynth"]["backend"]
+
+
+def test_step_threads_are_restored():
+    from cellsynth import _core
+    from cellsynth.backends.base import step_threads
+
+    before = _core.get_num_threads()
+    with step_threads(1):
+        assert _core.get_num_threads() == 1
+    assert _core.get_num_threads() == before
+    with pytest.raises(RuntimeError), step_threads(1):
+        raise RuntimeError
+    assert _core.get_num_threads() == before
