@@ -61,6 +61,12 @@ class TorchDenoiser(Denoiser):
             "torch_version": str(torch.__version__),
         }
 
+    def set_cuda_graphs(self, enabled: bool) -> None:
+        """Turn graph capture on or off (on a GPU; the CPU never captures): ``cellsynth bench``
+        times eager against captured calls with one loaded model."""
+        self._use_graphs = bool(enabled) and self._dev.type == "cuda"
+        self.details["cuda_graphs"] = self._use_graphs
+
     def __call__(self, x_t: Any, timesteps: Any, labels: Any) -> Any:
         with self._torch.inference_mode():
             if self._use_graphs:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from cellsynth._version import __version__
 from cellsynth.cli import (
+    bench,
     demo,
     distill,
     distill_eval,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     distill.add_parser(sub)
     distill_eval.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

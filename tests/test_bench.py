@@ -1,0 +1,183 @@
+"""cellsynth bench: the grid, the timing loop, skipped configurations and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from cellsynth.bench import plan
+from cellsynth.bench.run import bench
+from cellsynth.bench.timing import PeakMemory
+from cellsynth.cli.main import main
+from cellsynth.errors import DataError
+
+FAST = dict(repeats=2, budget_s=30.0, threads=1, progress=False)
+
+
+def test_scheduler_specs_and_lists_parse():
+    assert plan.parse_schedulers(["ddim:100,50", "dpmsolver++:10", "ddpm"], 1000) == [
+        ("ddim", 100),
+        ("ddim", 50),
+        ("dpmsolver++", 10),
+        ("ddpm", 1000),
+    ]
+    assert plan.parse_ints("1,64,64", "batch size") == [1, 64]
+    assert plan.parse_list("torch,onnxruntime", "engine", plan.ENGINES) == ["torch", "onnxruntime"]
+    for bad, message in [
+        (lambda: plan.parse_schedulers(["euler:10"], 1000), "unknown scheduler 'euler'"),
+        (lambda: plan.parse_schedulers(["ddim:2000"], 1000), "trained with 1000 timesteps"),
+        (lambda: plan.parse_schedulers(["ddim:0"], 1000), "whole numbers >= 1"),
+        (lambda: plan.parse_ints("1,,2", "batch size"), "comma-separated list"),
+        (lambda: plan.parse_ints("1.5", "batch size"), "whole numbers >= 1"),
+        (lambda: plan.parse_list("onnx", "engine", plan.ENGINES), "unknown engine 'onnx'"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            bad()
+
+
+def test_static_skips_name_the_reason():
+    cfg = plan.Config("torch", "int8", "ddim", 10, 4)
+    assert "fp32 module only" in plan.static_skip(cfg)
+    assert plan.static_skip(plan.Config("onnxruntime", "int8", "ddim", 10, 4)) is None
+
+
+def test_bench_times_every_configuration_or_says_why_not(tiny_onnx_bundle, tmp_path):
+    result = bench(
+        tiny_onnx_bundle,
+        engines=["onnxruntime", "torch", "tensorrt"],
+        schedulers=["ddim:20,5", "dpmsolver++:5"],
+        batch_sizes=[1, 16],
+        precisions=["fp32", "int8"],
+        **FAST,
+    )
+    rows = result["rows"]
+    assert len(rows) == 3 * 2 * 2 * 3
+    ran = [r for r in rows if "skipped" not in r]
+    # fp32 on onnxruntime and torch ran; int8 has no export in this bundle; no GPU here.
+    assert {(r["engine"], r["precision"]) for r in ran} == {
+        ("onnxruntime", "fp32"),
+        ("torch", "fp32"),
+    }
+    skipped = {(r["engine"], r["precision"]): r["skipped"] for r in rows if "skipped" in r}
+    assert "int8" in skipped[("onnxruntime", "int8")]
+    assert "fp32 module only" in skipped[("torch", "int8")]
+    assert skipped[("tensorrt", "fp32")]
+    for r in ran:
+        assert 0 < r["latency_p50_s"] <= r["latency_p95_s"] <= r["latency_p99_s"]
+        assert r["cells_per_s"] == pytest.approx(r["batch_size"] / r["latency_p50_s"])
+        # The model and the scheduler account for the loop (the rest is loop overhead).
+        per_step = r["latency_p50_s"] / r["steps"]
+        parts = (r["model_ms_per_step"] + r["scheduler_ms_per_step"]) / 1e3
+        assert 0.3 * per_step < parts <= 1.5 * per_step
+        assert r["first_cell_s"] >= r["load_s"] > 0 and r["peak_rss_mb"] > 10
+        assert r["repeats"] == 2 and not r["extrapolated"] and r["timed_steps"] == r["steps"]
+        assert r["rate"] == pytest.approx(1000 / r["steps"])
+    # More steps cost more.
+    ort = {(r["steps"], r["batch_size"]): r for r in ran if r["engine"] == "onnxruntime"}
+    assert ort[(20, 16)]["latency_p50_s"] > ort[(5, 16)]["latency_p50_s"]
+    assert result["machine"]["cores"] and "onnxruntime" in result["machine"]["versions"]
+
+
+def test_budget_extrapolates_and_says_so(tiny_onnx_bundle):
+    result = bench(
+        tiny_onnx_bundle,
+        engines=["onnxruntime"],
+        schedulers=["ddim:200"],
+        batch_sizes=[8],
+        repeats=2,
+        budget_s=1e-4,
+        threads=1,
+        progress=False,
+    )
+    (row,) = result["rows"]
+    assert row["extrapolated"] and row["timed_steps"] == 3 and row["steps"] == 200
+    from cellsynth.bench.report import note
+
+    assert note(row) == "extrapolated from 3 of 200 steps"
+
+
+def test_fidelity_scores_each_setting_once(tiny_onnx_bundle, tmp_path):
+    from conftest import make_toy_adata
+
+    real = make_toy_adata(n_cells=240, n_genes=150, seed=5)
+    result = bench(
+        tiny_onnx_bundle,
+        engines=["onnxruntime", "torch"],
+        schedulers=["ddim:5"],
+        batch_sizes=[8, 16],
+        fidelity=real,
+        **FAST,
+    )
+    (f,) = result["fidelity"]
+    assert (f["scheduler"], f["steps"], f["engine"], f["cells"]) == ("ddim", 5, "onnxruntime", 240)
+    auc = f["metrics"]["knn_auc"]
+    assert 0.5 <= auc["value"] <= 1.0 and 0.3 < auc["floor"] < 0.7
+
+
+def test_cli_writes_report_table_and_plots(tiny_onnx_bundle, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = [
+        "bench", str(tiny_onnx_bundle), "--engine", "onnxruntime,tensorrt", "--scheduler",
+        "ddim:10,5", "--batch-size", "1,8", "--repeats", "2", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "p50 ms" in printed and "skipped:" in printed and "bench.json" in printed
+    result = json.loads((out / "bench.json").read_text())
+    assert len(result["rows"]) == 8 and result["command"] == "bench"
+    md = (out / "bench.md").read_text()
+    assert md.count("| onnxruntime |") == 4 and "skipped" in md
+    for name in ("latency.png", "throughput.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # An existing report is not replaced without --overwrite.
+    assert main(argv) == 1 and "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--engine", "onnx"], "unknown engine 'onnx'"),
+        (["--batch-size", "0"], "whole numbers >= 1"),
+        (["--scheduler", "ddim:x"], "whole numbers >= 1"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+    ],
+)
+def test_cli_bad_options_are_one_line(tiny_onnx_bundle, tmp_path, capsys, extra, message):
+    assert main(["bench", str(tiny_onnx_bundle), "--out", str(tmp_path / "o"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_runs_without_torch(tiny_onnx_bundle, tmp_path):
+    """The runtime path: torch is listed as skipped, onnxruntime measured, torch never loaded."""
+    import subprocess
+
+    code = f"""
+import sys
+sys.modules['torch'] = None  # importing torch now fails, as where it is not installed
+from cellsynth.bench.run import bench
+r = bench({str(tiny_onnx_bundle)!r}, engines=['onnxruntime', 'torch'], schedulers=['ddim:3'],
+          batch_sizes=[4], repeats=1, threads=1, progress=False)
+rows = {{row['engine']: row for row in r['rows']}}
+assert 'skipped' not in rows['onnxruntime'], rows['onnxruntime']
+assert 'skipped' in rows['torch'], rows['torch']
+print('ok', rows['torch']['skipped'])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as before:
+        pass
+    with PeakMemory() as during:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block.sum()
+    assert during.peak_mb >= before.peak_mb + 50
+    del block
