@@ -181,3 +181,22 @@ def test_peak_memory_sees_an_allocation():
         block.sum()
     assert during.peak_mb >= before.peak_mb + 50
     del block
+
+
+def test_a_latent_bundle_counts_its_decoder():
+    """kang-scdg (SCDG over a count autoencoder's codes): every engine adds its decoder call."""
+    result = bench(
+        "kang-scdg",
+        engines=["onnxruntime", "torch"],
+        schedulers=["dpmsolver++:3"],
+        batch_sizes=[16],
+        precisions=["fp32", "int8"],
+        **FAST,
+    )
+    rows = {(r["engine"], r["precision"]): r for r in result["rows"]}
+    assert "skipped" in rows[("torch", "int8")]
+    for key in [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "fp32")]:
+        row = rows[key]
+        assert "skipped" not in row, row
+        assert row["decode_ms"] > 0
+        assert row["latency_p50_s"] >= row["decode_ms"] / 1e3

@@ -92,7 +92,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rounded up to whole batches)",
     )
     p.add_argument(
-        "--out", required=True, help="output .h5ad (written to a temporary name, then renamed)"
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the shards as Ray tasks (pip install 'cellsynth[ray]'): on a local Ray "
+        "cluster, or the one at ADDRESS ('auto', 'ray://host:10001'); the cells are the same as "
+        "one process's. --out: an .h5ad (shards merged) or a directory (shard files and "
+        "manifest.json); running the same command again resumes",
+    )
+    p.add_argument(
+        "--workers", type=int, help="with --ray: shards at once (default: the cluster's CPUs)"
+    )
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs each shard reserves"
+    )
+    p.add_argument(
+        "--shards", type=int, help="with --ray: number of shards (default: ~100,000 cells each)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .h5ad (written to a temporary name, then renamed); with --ray, or a directory",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(run=run)
@@ -102,6 +123,11 @@ def run(args: argparse.Namespace) -> None:
     from cellsynth.conditions import parse_condition_args
     from cellsynth.generate import generate, parse_shard
 
+    ray_only = {"--workers": args.workers, "--shards": args.shards}
+    if args.ray is None and (any(v is not None for v in ray_only.values()) or args.gpus_per_worker):
+        raise ValueError("--workers, --shards and --gpus-per-worker go with --ray")
+    if args.ray is not None:
+        return _run_on_ray(args)
     if not args.out.endswith(".h5ad"):
         raise ValueError(f"--out must end in .h5ad, got {args.out!r}")
     adata = generate(
@@ -136,3 +162,52 @@ def run(args: argparse.Namespace) -> None:
         f"({info['backend']['engine']} on {info['backend']['device']}, {info['seconds']:.1f} s)"
     )
     adata.file.close()
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The arguments of cellsynth.generate that --ray passes on to every shard."""
+    from cellsynth.conditions import parse_condition_args
+
+    return dict(
+        steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        conditions=parse_condition_args(args.condition),
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        timestep_spacing=args.timestep_spacing,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        engine=args.engine,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        composition=args.composition,
+        split="even" if args.even else "training",
+        counts=args.counts,
+        mean=args.mean,
+        chunk_size=args.chunk_size,
+    )
+
+
+def _run_on_ray(args: argparse.Namespace) -> None:
+    from cellsynth import distributed
+
+    if args.shard or args.resume:
+        raise ValueError(
+            "--ray makes the shards itself and resumes by itself (run the same command again); "
+            "drop --shard / --resume"
+        )
+    out = distributed.generate(
+        args.bundle,
+        args.n_cells,
+        args.out,
+        address=None if args.ray == "local" else args.ray,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        shards=args.shards,
+        overwrite=args.overwrite,
+        **_options(args),
+    )
+    what = "merged into" if out.suffix == ".h5ad" else "as shard files and manifest.json in"
+    print(f"wrote {args.n_cells} cells on Ray, {what} {out}")

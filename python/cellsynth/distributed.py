@@ -1,0 +1,378 @@
+"""Generation on a Ray cluster: one run cut into shards, one Ray task per shard, cells identical
+to a single-process run.
+
+``generate(bundle, n_cells, out, ...)`` cuts the run into shards on the batch grid (the shard
+logic of ``cellsynth sample --shard k/N``: every shard's batches are the whole run's batches, so
+each cell is denoised in the same batch at the same row with the same keyed noise), runs each shard
+as a Ray task that writes its own .h5ad under ``out`` through the chunked, resumable writer of
+:func:`cellsynth.generate`, and waits with one progress bar. A task whose worker dies (a killed
+process, a lost node) is run again by Ray (``max_retries``) and resumes from the chunks its first
+attempt finished; each chunk proves its settings and cells, and what the dead process half-wrote
+is removed, so a retried shard is still bit-identical. An error in the work itself (bad input)
+is not retried: it stops the run and is reported naming the shard.
+
+Two outputs, the user's choice:
+
+- ``out`` ending in ``.h5ad``: the shards are merged into one file in bounded memory (row blocks
+  streamed from the shard files; obs is held whole), then removed;
+- a directory: ``part-KKKKK-of-NNNNN.h5ad`` files and ``manifest.json`` (settings, cells of each
+  shard). :func:`read` reads either back with one call.
+
+Every worker must see ``out`` and the bundle at the same paths (a shared file system on a
+cluster; any local folder on one machine), and a composition given as a path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import CellsynthError, DataError, MissingDependencyError
+from cellsynth.files import atomic_path, check_output
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "cellsynth-shards"
+#: Cells per shard when the number of shards is not given: small enough that a retry costs
+#: little, large enough that per-task start-up (loading the engine) is negligible.
+SHARD_CELLS = 100_000
+MERGE_ROWS = 8192
+
+__all__ = ["generate", "read"]
+
+
+def generate(
+    bundle: str | os.PathLike,
+    n_cells: int,
+    out: str | os.PathLike,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    shards: int | None = None,
+    max_retries: int = 3,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Path:
+    """Generate ``n_cells`` on Ray and write them to ``out`` (.h5ad file or shard directory).
+
+    Parameters
+    ----------
+    bundle : bundle name or path (every worker must be able to load it)
+    n_cells : cells of the whole run
+    out : ``*.h5ad`` (one merged file) or a directory (shard files and manifest.json)
+    address : Ray address of an existing cluster ('auto', 'ray://host:10001', ...); None starts
+        (or joins, if one is running in this process) a local one
+    workers : shards run at once (default: the cluster's CPUs / threads per worker)
+    gpus_per_worker : GPUs each task reserves (fractions share one GPU)
+    shards : number of shards (default: enough for about 100,000 cells each, at least 2 per
+        worker); a shard holds whole batches
+    max_retries : times Ray runs a shard again after its worker died
+    overwrite : replace an existing ``out`` (otherwise an existing output is an error; an
+        unfinished run of the same settings is resumed)
+    options : the other arguments of :func:`cellsynth.generate` (steps, scheduler, seed,
+        conditions, composition as a path, batch_size, engine, device, precision, threads,
+        counts, mean, guidance, eta, ...); ``threads`` defaults to the CPUs of a task
+
+    Returns
+    -------
+    Path of the output (read it with :func:`read`).
+    """
+    ray = _require_ray()
+    from cellsynth.bundle import load_bundle
+
+    forbidden = {"out", "shard", "resume", "overwrite", "progress", "n_cells"} & set(options)
+    if forbidden:
+        raise DataError(f"distributed.generate sets {sorted(forbidden)} itself; drop them")
+    b = load_bundle(bundle)  # a bad bundle fails here, not in every worker
+    if not (isinstance(n_cells, int) and n_cells >= 1):
+        raise DataError(f"n_cells must be a whole number >= 1, got {n_cells!r}")
+    batch = int(options.get("batch_size", 512))
+    out = Path(out)
+    merged = out.suffix == ".h5ad"
+    parts_dir = out.with_name(out.name + ".shards") if merged else out
+    started_before = (parts_dir / MANIFEST).is_file()
+    if not started_before or overwrite:
+        check_output(out, overwrite, directory=not merged)
+    if overwrite and parts_dir.exists() and merged:
+        _remove_parts(parts_dir)
+    if not ray.is_initialized():
+        if address is None:  # a local cluster of this machine
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    threads = options.get("threads")
+    if workers is None:
+        workers = max(1, cluster_cpus // int(threads or 1)) if threads else cluster_cpus
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
+    cpus = max(1, cluster_cpus // workers)
+    options = {**options, "threads": int(threads or cpus)}
+    n_batches = -(-n_cells // batch)
+    if shards is None:
+        shards = max(2 * workers, math.ceil(n_cells / SHARD_CELLS))
+    shards = int(min(shards, n_batches))
+    if shards < 1:
+        raise DataError(f"shards must be >= 1, got {shards}")
+    plan = _plan(b, n_cells, shards, batch, options)
+    manifest = _manifest(b, n_cells, plan, options)
+    _start_or_resume(parts_dir, manifest, overwrite)
+
+    run_shard = ray.remote(num_cpus=cpus, num_gpus=gpus_per_worker, max_retries=max_retries)(
+        _run_shard
+    )
+    todo = [p for p in plan if not (parts_dir / p["file"]).is_file()]
+    done_cells = sum(p["cells"][1] - p["cells"][0] for p in plan if p not in todo)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_cells, initial=done_cells, desc="sampling on ray", unit="cell",
+               disable=not progress, file=sys.stderr)  # fmt: skip
+    if progress:
+        print(
+            f"cellsynth: {shards} shards of ~{n_cells // shards} cells on Ray ({workers} at "
+            f"once, {cpus} CPU and {gpus_per_worker:g} GPU each, {options['threads']} threads); "
+            f"{shards - len(todo)} already done",
+            file=sys.stderr,
+        )
+    started = time.perf_counter()
+    pending = {
+        run_shard.remote(str(b.path), n_cells, p["index"], shards, str(parts_dir / p["file"]),
+                         options): p
+        for p in todo
+    }  # fmt: skip
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            shard = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+            except Exception as exc:  # a RayTaskError wraps the worker's exception
+                raise CellsynthError(
+                    f"shard {shard['index']} (cells {shard['cells'][0]}..{shard['cells'][1] - 1}) "
+                    f"failed: {_one_line(exc)}; the finished shards are kept in {parts_dir}: run "
+                    "the same command again to resume"
+                ) from exc
+            bar.update(shard["cells"][1] - shard["cells"][0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        bar.close()
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 3)
+    manifest["workers"] = workers
+    _write_json(parts_dir / MANIFEST, manifest)
+    if merged:
+        _merge(parts_dir, manifest, out, overwrite)
+        _remove_parts(parts_dir)
+    return out
+
+
+def read(path: str | os.PathLike, backed: bool = False) -> Any:
+    """An output of :func:`generate`: the merged .h5ad (``backed`` opens it read-only on disk),
+    or a shard directory's files concatenated in cell order (in memory) with the manifest's
+    provenance in ``uns['cellsynth']``."""
+    import anndata as ad
+
+    path = Path(path)
+    if path.is_file():
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise DataError(f"{path} is neither an .h5ad file nor a shard directory with {MANIFEST}")
+    missing = [s["file"] for s in manifest["shards"] if not (path / s["file"]).is_file()]
+    if missing:
+        raise DataError(f"{path} is incomplete: {len(missing)} shard files missing ({missing[0]})")
+    parts = [ad.read_h5ad(path / s["file"]) for s in manifest["shards"]]
+    whole = ad.concat(parts, join="outer", merge="first")
+    whole.uns["cellsynth"] = _merged_provenance(parts[0].uns.get("cellsynth", {}), manifest)
+    return whole
+
+
+# --------------------------------------------------------------------------------- the plan
+
+
+def _plan(b: Any, n_cells: int, shards: int, batch: int, options: Mapping[str, Any]) -> list:
+    from cellsynth.generate import shard_range
+
+    width = len(str(shards))
+    plan = []
+    for k in range(shards):
+        lo, hi = shard_range(n_cells, (k, shards), align=batch)
+        name = f"part-{k:0{max(5, width)}d}-of-{shards:0{max(5, width)}d}.h5ad"
+        plan.append({"index": k, "file": name, "cells": [lo, hi]})
+    return plan
+
+
+def _manifest(b: Any, n_cells: int, plan: list, options: Mapping[str, Any]) -> dict[str, Any]:
+    from cellsynth._version import __version__
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "cellsynth_version": __version__,
+        "bundle": str(b.path),
+        "bundle_hash": b.hash,
+        "n_cells": int(n_cells),
+        # The settings that determine the cells; a resumed run must match them.
+        "options": _plain({k: v for k, v in options.items() if k != "threads"}),
+        "shards": plan,
+    }
+
+
+def _start_or_resume(parts_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Write the manifest of a new run, or check that an unfinished one is this run."""
+    previous = _read_manifest(parts_dir)
+    keys = ("bundle_hash", "n_cells", "options", "shards")
+    if previous is not None and not overwrite:
+        differ = [k for k in keys if previous.get(k) != manifest.get(k)]
+        if differ:
+            raise CellsynthError(
+                f"{parts_dir} holds a run with other settings ({', '.join(differ)} differ); "
+                "pass overwrite=True (--overwrite) to start over"
+            )
+        return
+    if overwrite and parts_dir.is_dir():
+        for p in parts_dir.glob("part-*.h5ad"):
+            p.unlink()
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(parts_dir / MANIFEST, manifest)
+
+
+def _run_shard(
+    bundle: str, n_cells: int, k: int, n: int, path: str, options: Mapping[str, Any]
+) -> int:
+    """One shard, in a Ray worker: the chunked, resumable single-process writer."""
+    import cellsynth
+
+    adata = cellsynth.generate(
+        bundle, n_cells=n_cells, shard=(k, n), out=path, resume=True, progress=False, **options
+    )
+    rows = adata.n_obs
+    adata.file.close()
+    return rows
+
+
+# ------------------------------------------------------------------------------------ merge
+
+
+def _merge(parts_dir: Path, manifest: dict[str, Any], out: Path, overwrite: bool) -> None:
+    """Stream the shard files' rows into one .h5ad (bounded memory: one block of rows at a time,
+    and the obs table)."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import read_elem
+
+    from cellsynth.h5ad_stream import StreamingH5ADWriter
+
+    files = [parts_dir / s["file"] for s in manifest["shards"]]
+    with h5py.File(files[0], "r") as first:
+        var = read_elem(first["var"])
+        layers = {name: first["layers"][name]["data"].dtype for name in first["layers"]}
+        x_dtype = first["X"]["data"].dtype
+        uns = read_elem(first["uns"])
+    obs = []
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        writer = StreamingH5ADWriter(tmp, var, x_dtype=x_dtype, layers=layers)
+        try:
+            for path in files:
+                with h5py.File(path, "r") as f:
+                    rows = int(f["X"]["indptr"].shape[0] - 1)
+                    for a in range(0, rows, MERGE_ROWS):
+                        b = min(rows, a + MERGE_ROWS)
+                        writer.append(
+                            _csr_rows(f["X"], a, b),
+                            {name: _csr_rows(f["layers"][name], a, b) for name in layers},
+                        )
+                    obs.append(read_elem(f["obs"]))
+            provenance = _merged_provenance(uns.get("cellsynth", {}), manifest)
+            writer.finish(pd.concat(obs), {**uns, "cellsynth": provenance})
+        except BaseException:
+            writer.abort()
+            raise
+    ad.read_h5ad(out, backed="r").file.close()  # it reads back before the shards go
+
+
+def _csr_rows(group: Any, a: int, b: int) -> Any:
+    """Rows [a, b) of a CSR matrix stored in an HDF5 group, read from disk alone."""
+    import scipy.sparse as sp
+
+    indptr = group["indptr"][a : b + 1].astype(np.int64)
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    n_cols = int(group.attrs["shape"][1])
+    return sp.csr_matrix(
+        (group["data"][lo:hi], group["indices"][lo:hi], indptr - lo), shape=(b - a, n_cols)
+    )
+
+
+def _merged_provenance(first: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Shard 0's provenance made the whole run's: all cells, no shard, how it was distributed."""
+    merged = dict(first)
+    merged.update(
+        shard=None,
+        cells=[0, int(manifest["n_cells"])],
+        n_cells=int(manifest["n_cells"]),
+        seconds=manifest.get("seconds"),
+        distributed={
+            "on": "ray",
+            "shards": len(manifest["shards"]),
+            "workers": manifest.get("workers"),
+        },
+    )
+    return merged
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "generation on Ray needs the ray package: pip install 'cellsynth[ray]' (after "
+            "pip install torch==2.13.0 where torch is wanted)"
+        ) from exc
+    return ray
+
+
+def _read_manifest(parts_dir: Path) -> dict[str, Any] | None:
+    path = parts_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path} is not a cellsynth shard manifest")
+    return manifest
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _remove_parts(parts_dir: Path) -> None:
+    import shutil
+
+    if parts_dir.is_dir():
+        shutil.rmtree(parts_dir)
+
+
+def _plain(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[-400:] if len(text) > 400 else text

@@ -1,0 +1,162 @@
+"""Generation on Ray: the same cells as one process, a killed worker retried, resumable output.
+
+One local Ray cluster (2 CPUs) serves the whole module and is shut down after it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import anndata as ad
+import pytest
+
+import cellsynth
+from cellsynth import distributed
+from cellsynth.cli.main import main
+from cellsynth.errors import CellsynthError
+
+ray = pytest.importorskip("ray")  # a dev dependency: present in CI, so never skipped there
+
+RUN = dict(steps=6, scheduler="dpmsolver++", batch_size=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx_bundle):
+    """The 200 cells of one single-process run."""
+    return cellsynth.generate(tiny_onnx_bundle, n_cells=200, progress=False, threads=1, **RUN)
+
+
+def _same(a, b):
+    assert a.shape == b.shape
+    assert (a.X != b.X).nnz == 0  # bit-identical
+    assert a.obs.reset_index(drop=True).equals(b.obs.reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_merged_and_sharded_outputs_equal_one_process(
+    local_ray, tiny_onnx_bundle, reference, tmp_path
+):
+    merged = distributed.generate(
+        tiny_onnx_bundle, 200, tmp_path / "all.h5ad", workers=2, shards=5, progress=False, **RUN
+    )
+    got = distributed.read(merged)
+    _same(got, reference)
+    info = got.uns["cellsynth"]
+    assert info["distributed"] == {"on": "ray", "shards": 5, "workers": 2}
+    assert list(info["cells"]) == [0, 200] and info["shard"] is None
+    assert not (tmp_path / "all.h5ad.shards").exists()  # merged, then removed
+
+    folder = distributed.generate(
+        tiny_onnx_bundle, 200, tmp_path / "parts", workers=2, shards=3, progress=False, **RUN
+    )
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["manifest.json", *(f"part-{k:05d}-of-00003.h5ad" for k in range(3))]
+    _same(distributed.read(folder), reference)
+    # Shards hold whole batches of 8: the boundaries of `cellsynth sample --shard k/3`.
+    sizes = [ad.read_h5ad(folder / n).n_obs for n in names[1:]]
+    assert sizes == [64, 64, 72]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_cells_are_unchanged(
+    local_ray, tiny_onnx_bundle, tmp_path
+):
+    """SIGKILL the worker process of a shard after it finished a chunk: Ray runs the shard
+    again, it resumes from its finished chunks, and the cells equal one process's."""
+    # 2 shards of 24 chunks of 8 cells, 1000 steps each: long enough to be caught mid-run.
+    options = dict(RUN, steps=1000, chunk_size=8)
+    out = tmp_path / "parts"
+    result: dict = {}
+
+    def run():
+        try:
+            result["out"] = distributed.generate(
+                tiny_onnx_bundle, 384, out, workers=2, shards=2, progress=False, **options
+            )
+        except BaseException as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        for chunk_dir in out.glob("*.chunks"):
+            finished = list(chunk_dir.glob("cells-*.npz"))
+            writing = [m for f in chunk_dir.iterdir()
+                       if (m := re.search(r"partial-(\d+)@", f.name))]  # fmt: skip
+            if finished and writing:
+                pid = int(writing[0].group(1))
+                assert pid != os.getpid()
+                os.kill(pid, signal.SIGKILL)
+                killed = chunk_dir
+                break
+        time.sleep(0.002)
+    thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert killed is not None, "no shard was caught mid-run"
+    reference = cellsynth.generate(tiny_onnx_bundle, n_cells=384, progress=False, **options)
+    _same(distributed.read(result["out"]), reference)
+    # The killed shard resumed: its file says some chunks were reused from the first attempt.
+    shard_file = killed.parent / killed.name.removeprefix(".").removesuffix(".chunks")
+    resumed = ad.read_h5ad(shard_file).uns["cellsynth"]["resumed_chunks"]
+    assert resumed[0] >= 1 and resumed[1] == 24
+
+
+@pytest.mark.slow
+def test_rerun_resumes_only_what_is_missing_and_refuses_other_settings(
+    local_ray, tiny_onnx_bundle, reference, tmp_path
+):
+    out = tmp_path / "parts"
+    distributed.generate(tiny_onnx_bundle, 200, out, workers=2, shards=4, progress=False, **RUN)
+    kept = out / "part-00002-of-00004.h5ad"
+    (out / "part-00001-of-00004.h5ad").unlink()
+    before = kept.stat().st_mtime_ns
+    distributed.generate(tiny_onnx_bundle, 200, out, workers=2, shards=4, progress=False, **RUN)
+    assert kept.stat().st_mtime_ns == before  # finished shards are not redone
+    _same(distributed.read(out), reference)
+    with pytest.raises(CellsynthError, match="other settings"):
+        distributed.generate(
+            tiny_onnx_bundle, 200, out, workers=2, shards=4, progress=False, **{**RUN, "seed": 4}
+        )
+
+
+@pytest.mark.slow
+def test_a_failing_shard_is_named_and_not_retried(local_ray, tiny_onnx_bundle, tmp_path):
+    with pytest.raises(CellsynthError, match=r"shard \d+ \(cells .*\) failed: .*no-such"):
+        distributed.generate(
+            tiny_onnx_bundle, 40, tmp_path / "x.h5ad", workers=2, shards=2, progress=False,
+            composition=str(tmp_path / "no-such.h5ad"), **RUN,
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_sample_on_ray(local_ray, tiny_onnx_bundle, reference, tmp_path, capsys):
+    out = tmp_path / "cli.h5ad"
+    argv = ["sample", str(tiny_onnx_bundle), "--n-cells", "200", "--steps", "6", "--scheduler",
+            "dpmsolver++", "--batch-size", "8", "--seed", "3", "--ray", "--workers", "2",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote 200 cells on Ray, merged into" in capsys.readouterr().out
+    _same(distributed.read(out), reference)
+    assert main(argv) == 1 and "--overwrite" in capsys.readouterr().err
+
+
+def test_ray_options_need_ray(tiny_onnx_bundle, tmp_path, capsys):
+    argv = ["sample", str(tiny_onnx_bundle), "--n-cells", "5", "--workers", "2", "--out",
+            str(tmp_path / "x.h5ad")]  # fmt: skip
+    assert main(argv) == 1
+    assert "go with --ray" in capsys.readouterr().err
+    with pytest.raises(Exception, match="neither an .h5ad file nor a shard directory"):
+        distributed.read(tmp_path)
