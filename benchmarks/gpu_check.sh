@@ -10,7 +10,14 @@
 # and writes every log, table and figure to OUT_DIR (summary.md first). A missing TensorRT or
 # onnxruntime-gpu is not a failure: those rows are listed as skipped with the reason. It takes
 # no input and is sized for under 8 minutes on an H100-class GPU. Python packages the machine
-# lacks (anndata, ...) may be supplied as wheels in .whl/ (installed to /tmp/site first).
+# lacks may be supplied as wheels in .whl/ (installed to /tmp/site first). For an image with
+# Python 3.12, torch, onnxruntime, h5py, pandas, scipy, scikit-build-core and pybind11 but no
+# anndata (the lent H200 image), make them where pip works with:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl anndata==0.12.19 zarr==3.1.6 numcodecs==0.16.6 \
+#     scverse-misc==0.0.3 session-info2 donfig==0.8.1.post1 google-crc32c==1.9.0 \
+#     legacy-api-wrap==1.5 array-api-compat==1.16.0 natsort==8.4.0        (~10 MB)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-benchmarks/results/gpu}

@@ -131,3 +131,31 @@ def test_step_threads_are_restored():
     with pytest.raises(RuntimeError), step_threads(1):
         raise RuntimeError
     assert _core.get_num_threads() == before
+
+
+def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_path, monkeypatch):
+    """A resumed auto run uses the engine its kept chunks were made with, not a new measurement."""
+    import importlib
+
+    gen_module = importlib.import_module("cellsynth.generate")
+    out = tmp_path / "cells.h5ad"
+    original, calls = gen_module._Run.chunk, {"n": 0}
+
+    def dies_after_two(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    run = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
+    with monkeypatch.context() as m:
+        m.setattr(gen_module._Run, "chunk", dies_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            cellsynth.generate(tiny_onnx_bundle, engine="torch", device="cpu", out=out, **run)
+    got = cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", out=out, resume=True,
+                             **run)  # fmt: skip
+    info = got.uns["cellsynth"]
+    assert info["engine"] == "torch"
+    assert info["engine_choice"] == "torch, the engine of the run being resumed"
+    assert list(info["resumed_chunks"]) == [2, 5]
+    got.file.close()

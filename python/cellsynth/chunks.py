@@ -42,6 +42,16 @@ def chunk_dir_for(out: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name}.chunks")
 
 
+def started_settings(out: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings an interrupted run into ``out`` was started with (its run.json), or None."""
+    run_file = chunk_dir_for(out) / RUN_FILE
+    try:
+        settings = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 class ChunkStore:
     """The chunk directory of one run (see the module docstring).
 

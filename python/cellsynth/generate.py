@@ -220,16 +220,24 @@ def generate(
 
         _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
     codes = _labels(b, n_cells, conditions, composition, seed, split)  # runs over all shards' cells
+    chosen = engine
+    resumed_engine = _resumed_engine(out) if engine == "auto" and resume else None
+    if resumed_engine is not None:
+        # The run being resumed chose its engine already; a new measurement could choose the
+        # other one, and every kept chunk (made by that engine) would be computed again.
+        chosen = resumed_engine
     # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
     denoiser, decoder, why = load_engine(
         b,
-        engine=engine,
+        engine=chosen,
         device=device,
         weights=weights,
         precision=precision,
         threads=threads,
         run={"batch_size": int(batch_size), "steps": int(steps), "n_cells": int(hi - lo)},
     )
+    if resumed_engine is not None:
+        why = f"{resumed_engine}, the engine of the run being resumed"
     count_model = decoder is not None and decoder.counts
     if mean and not count_model:
         denoiser.close()
@@ -348,6 +356,16 @@ def generate(
         denoiser.close()
         if decoder is not None:
             decoder.close()
+
+
+def _resumed_engine(out: str | os.PathLike | None) -> str | None:
+    """The engine an interrupted run into ``out`` used (None without one)."""
+    from cellsynth.backends import ENGINES
+    from cellsynth.chunks import started_settings
+
+    settings = started_settings(out) if out is not None else None
+    engine = (settings or {}).get("engine")
+    return engine if engine in ENGINES else None
 
 
 def shard_range(n_cells: int, shard: tuple[int, int] | None, align: int = 1) -> tuple[int, int]:
