@@ -200,3 +200,38 @@ def test_a_latent_bundle_counts_its_decoder():
         assert "skipped" not in row, row
         assert row["decode_ms"] > 0
         assert row["latency_p50_s"] >= row["decode_ms"] / 1e3
+
+
+def test_a_configuration_that_breaks_is_reported_and_the_rest_measured(
+    tiny_onnx_bundle, tmp_path, capsys, monkeypatch
+):
+    import cellsynth.bench.run as run_module
+
+    real = run_module.time_config
+
+    def breaks_on_torch(bundle, config, *args, **kwargs):
+        if config.engine == "torch":
+            raise AssertionError("Torch not compiled with CUDA enabled")
+        return real(bundle, config, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "time_config", breaks_on_torch)
+    out = tmp_path / "b"
+    argv = ["bench", str(tiny_onnx_bundle), "--engine", "onnxruntime,torch", "--scheduler",
+            "ddim:3", "--batch-size", "4", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: AssertionError: Torch not compiled with CUDA enabled" in captured.out
+    assert "1 configuration(s) failed (first: torch fp32" in captured.err
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert "latency_p50_s" in rows[0] and rows[1]["failed"].startswith("AssertionError")
+
+
+def test_torch_on_a_gpu_without_one_is_a_clear_skip(tiny_onnx_bundle):
+    from cellsynth import _core
+
+    if _core.cuda_compiled and _core.cuda_device_count() > 0:
+        pytest.skip("this machine has a CUDA device")
+    result = bench(tiny_onnx_bundle, engines=["torch", "torch-eager"], schedulers=["ddim:2"],
+                   batch_sizes=[2], device="cuda", **FAST)  # fmt: skip
+    for row in result["rows"]:
+        assert "skipped" in row and ("CUDA" in row["skipped"] or "GPU" in row["skipped"])

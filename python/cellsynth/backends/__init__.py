@@ -243,6 +243,11 @@ def _build(
                 "the torch engine needs PyTorch, which is not installed: pip install "
                 "torch==2.13.0, or use --engine onnxruntime"
             )
+        if device.startswith("cuda") and not _torch_cuda():
+            raise CellsynthError(
+                f"the torch engine on {device} needs PyTorch with CUDA and a GPU; this PyTorch "
+                "sees none (a CPU build, or no driver): use --device cpu"
+            )
         from cellsynth.backends.torch_backend import TorchDenoiser
 
         denoiser = TorchDenoiser(bundle, device=device, weights=weights, threads=threads)

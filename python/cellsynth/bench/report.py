@@ -48,7 +48,7 @@ def table(result: Mapping[str, Any]) -> str:
     head = [label for _, label, _ in COLUMNS] + ["note"]
     body = []
     for row in result["rows"]:
-        cells = [_cell(row, k, f) if "skipped" not in row or i < 5 else "-"
+        cells = [_cell(row, k, f) if _measured(row) or i < 5 else "-"
                  for i, (k, _, f) in enumerate(COLUMNS)]  # fmt: skip
         body.append([*cells, note(row)])
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
@@ -60,6 +60,8 @@ def table(result: Mapping[str, Any]) -> str:
 def note(row: Mapping[str, Any]) -> str:
     if "skipped" in row:
         return f"skipped: {row['skipped']}"
+    if "failed" in row:
+        return f"FAILED: {row['failed']}"
     if row.get("extrapolated"):
         return f"extrapolated from {row['timed_steps']} of {row['steps']} steps"
     return f"{row['repeats']} runs"
@@ -85,7 +87,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "|" + "---|" * (len(COLUMNS) + 1),
     ]
     for row in result["rows"]:
-        cells = [_cell(row, k, f) if "skipped" not in row or i < 5 else "-"
+        cells = [_cell(row, k, f) if _measured(row) or i < 5 else "-"
                  for i, (k, _, f) in enumerate(COLUMNS)]  # fmt: skip
         lines.append("| " + " | ".join([*cells, note(row)]) + " |")
     if result.get("fidelity"):
@@ -105,6 +107,10 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"{_num(met.get('gene_mean_pearson', {}).get('value'))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _measured(row: Mapping[str, Any]) -> bool:
+    return "skipped" not in row and "failed" not in row
 
 
 def _num(v: Any) -> str:
@@ -136,7 +142,7 @@ def plots(result: Mapping[str, Any], out: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if "skipped" not in r]
+    rows = [r for r in result["rows"] if _measured(r)]
     files: dict[str, Path] = {}
     if not rows:
         return files

@@ -95,8 +95,10 @@ def bench(
                         b, config, _opener(b, config, device, threads), repeats, budget_s, seed
                     )
                 )
-            except CellsynthError as exc:
+            except CellsynthError as exc:  # cannot apply here: the reason says why
                 reason = str(exc).splitlines()[0]
+            except Exception as exc:  # a bug or a broken library: one row, not the whole run
+                row["failed"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         if reason is not None:
             row["skipped"] = reason
         rows.append(row)
@@ -153,6 +155,8 @@ def _opener(b: Bundle, config: Config, device: str, threads: int | None):
 def _progress_line(config: Config, row: dict[str, Any]) -> str:
     if "skipped" in row:
         return f"{config.label}: skipped ({row['skipped']})"
+    if "failed" in row:
+        return f"{config.label}: FAILED ({row['failed']})"
     how = f" (extrapolated from {row['timed_steps']} steps)" if row["extrapolated"] else ""
     return (
         f"{config.label}: p50 {1e3 * row['latency_p50_s']:.1f} ms, "
@@ -187,7 +191,7 @@ def _fidelity(
     done: dict[tuple[str, int, str], dict[str, Any]] = {}
     for row in rows:
         key = (row["scheduler"], row["steps"], row["precision"])
-        if "skipped" in row or key in done:
+        if "skipped" in row or "failed" in row or key in done:
             continue
         synthetic = cellsynth.generate(
             b,

@@ -101,3 +101,11 @@ def run(args: argparse.Namespace) -> None:
     files = write_outputs(result, args.out)
     print(table(result))
     print(f"took {result['seconds']} s; wrote " + ", ".join(str(f) for f in files.values()))
+    failed = [row for row in result["rows"] if "failed" in row]
+    if failed:
+        from cellsynth.errors import CellsynthError
+
+        raise CellsynthError(
+            f"{len(failed)} configuration(s) failed (first: {failed[0]['engine']} "
+            f"{failed[0]['precision']}: {failed[0]['failed']}); the others are in {args.out}"
+        )
