@@ -18,6 +18,8 @@
 #     --platform manylinux2014_x86_64 -d .whl anndata==0.12.19 zarr==3.1.6 numcodecs==0.16.6 \
 #     scverse-misc==0.0.3 session-info2 donfig==0.8.1.post1 google-crc32c==1.9.0 \
 #     legacy-api-wrap==1.5 array-api-compat==1.16.0 natsort==8.4.0        (~10 MB)
+# On a lent device machine, whose output folder returns at most 8 files, pack the folder:
+#   bash benchmarks/gpu_check.sh /tmp/gpu; tar czf "$OUT/gpu.tgz" -C /tmp gpu
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-benchmarks/results/gpu}
