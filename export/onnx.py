@@ -218,6 +218,10 @@ def export_onnx(
             companion = ("onnxruntime_graph", path) if path is not None else None
         _current(bundle)  # refuse to record against a config.json that changed meanwhile
         record_export(bundle, "onnx", precision, final, entry, companion=companion)
+        if companion is None:  # a fused graph of an earlier export is no longer listed
+            (Path(bundle.path) / "onnx" / f"model.{precision}.onnxruntime.onnx").unlink(
+                missing_ok=True
+            )
         bar.update()
     bar.close()
     return export_entry(bundle, "onnx", precision) or entry

@@ -52,7 +52,8 @@ def test_torch_and_onnxruntime_give_the_same_cells(tiny_onnx_bundle, options):
     assert b.uns["cellsynth"]["backend"]["precision"] == "fp32"
 
 
-def test_auto_choice_is_printed_and_recorded(tiny_onnx_bundle, capsys):
+def test_auto_choice_is_printed_and_recorded(tiny_onnx_bundle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))  # no measurement of other tests
     adata = cellsynth.generate(
         tiny_onnx_bundle, engine="auto", device="cpu", **{**KW, "progress": True}
     )

@@ -97,6 +97,12 @@ def test_budget_extrapolates_and_says_so(tiny_onnx_bundle):
     from cellsynth.bench.report import note
 
     assert note(row) == "extrapolated from 3 of 200 steps"
+    assert row["device"] == "cpu"
+    # Fewer steps than the minimum timed: all of them, never more.
+    short = bench(tiny_onnx_bundle, engines=["onnxruntime"], schedulers=["ddim:2"],
+                  batch_sizes=[8], repeats=2, budget_s=1e-4, threads=1, progress=False)  # fmt: skip
+    (row,) = short["rows"]
+    assert row["timed_steps"] == 2 and not row["extrapolated"]
 
 
 def test_fidelity_scores_each_setting_once(tiny_onnx_bundle, tmp_path):

@@ -160,3 +160,21 @@ def test_ray_options_need_ray(tiny_onnx_bundle, tmp_path, capsys):
     assert "go with --ray" in capsys.readouterr().err
     with pytest.raises(Exception, match="neither an .h5ad file nor a shard directory"):
         distributed.read(tmp_path)
+
+
+@pytest.mark.slow
+def test_small_runs_leave_no_empty_shard_and_overwrite_starts_clean(
+    local_ray, tiny_onnx_bundle, tmp_path
+):
+    # 20 cells in batches of 8: of 4 requested shards only 2 can hold whole batches.
+    run = dict(RUN, batch_size=8)
+    out = tmp_path / "parts"
+    distributed.generate(tiny_onnx_bundle, 20, out, workers=2, shards=4, progress=False, **run)
+    one = cellsynth.generate(tiny_onnx_bundle, n_cells=20, progress=False, **run)
+    _same(distributed.read(out), one)
+    # --overwrite with other settings: the earlier run's shard files and chunk folders go.
+    again = dict(run, seed=9)
+    distributed.generate(tiny_onnx_bundle, 20, out, workers=2, shards=4, progress=False,
+                         overwrite=True, **again)  # fmt: skip
+    _same(distributed.read(out),
+          cellsynth.generate(tiny_onnx_bundle, n_cells=20, progress=False, **again))  # fmt: skip

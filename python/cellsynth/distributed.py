@@ -117,6 +117,14 @@ def generate(
         raise DataError(f"workers must be >= 1, got {workers}")
     cpus = max(1, cluster_cpus // workers)
     options = {**options, "threads": int(threads or cpus)}
+    if options.get("engine", "auto") == "auto":
+        # Chosen once here, so that every shard runs the same engine (the cells are the
+        # engine's): a per-shard measurement, with the other shards busy on the same cores,
+        # could choose differently from shard to shard.
+        from cellsynth.backends import choose_engine
+
+        engine, device, _ = choose_engine(b, options.get("device", "auto"))
+        options.update(engine=engine, device=device)
     n_batches = -(-n_cells // batch)
     if shards is None:
         shards = max(2 * workers, math.ceil(n_cells / SHARD_CELLS))
@@ -201,15 +209,25 @@ def read(path: str | os.PathLike, backed: bool = False) -> Any:
 
 
 def _plan(b: Any, n_cells: int, shards: int, batch: int, options: Mapping[str, Any]) -> list:
-    from cellsynth.generate import shard_range
-
     width = len(str(shards))
     plan = []
     for k in range(shards):
-        lo, hi = shard_range(n_cells, (k, shards), align=batch)
+        lo, hi = _cells_of(n_cells, k, shards, batch)
+        if lo == hi:  # boundaries fall on whole batches, so a small run leaves some shards empty
+            continue
         name = f"part-{k:0{max(5, width)}d}-of-{shards:0{max(5, width)}d}.h5ad"
         plan.append({"index": k, "file": name, "cells": [lo, hi]})
     return plan
+
+
+def _cells_of(n_cells: int, k: int, shards: int, batch: int) -> tuple[int, int]:
+    """Cells [lo, hi) of shard k of ``shards``: ``--shard k/N``'s, or an empty range."""
+    from cellsynth.generate import shard_range
+
+    try:
+        return shard_range(n_cells, (k, shards), align=batch)
+    except DataError:  # "shard k/N is empty"
+        return 0, 0
 
 
 def _manifest(b: Any, n_cells: int, plan: list, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,8 +258,11 @@ def _start_or_resume(parts_dir: Path, manifest: dict[str, Any], overwrite: bool)
             )
         return
     if overwrite and parts_dir.is_dir():
-        for p in parts_dir.glob("part-*.h5ad"):
-            p.unlink()
+        import shutil
+
+        # Shard files, their chunk folders (with run.json) and temporary files of an earlier run.
+        for p in [*parts_dir.glob("part-*"), *parts_dir.glob(".part-*")]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     parts_dir.mkdir(parents=True, exist_ok=True)
     _write_json(parts_dir / MANIFEST, manifest)
 
@@ -250,7 +271,12 @@ def _run_shard(
     bundle: str, n_cells: int, k: int, n: int, path: str, options: Mapping[str, Any]
 ) -> int:
     """One shard, in a Ray worker: the chunked, resumable single-process writer."""
+    import anndata as ad
+
     import cellsynth
+
+    if Path(path).is_file():  # a retry of an attempt that died after finishing its file
+        return int(ad.read_h5ad(path, backed="r").n_obs)
 
     adata = cellsynth.generate(
         bundle, n_cells=n_cells, shard=(k, n), out=path, resume=True, progress=False, **options

@@ -178,10 +178,12 @@ def record_export(
     root, _ = _bundle_root_and_hash(bundle)
     manifest = read_exports(bundle, discard_stale=True)
     record = dict(entry)
+    # Both files move in before the manifest is rewritten: a failure in between leaves the old
+    # manifest, whose checksums then name the replaced file instead of trusting it.
+    record.update(_move_in(root, kind, Path(produced)))
     if companion is not None:
         field, path = companion
         record[field] = {**dict(record.get(field) or {}), **_move_in(root, kind, Path(path))}
-    record.update(_move_in(root, kind, Path(produced)))
     final = root / record["file"]
     manifest[kind][key] = record
     with atomic_path(root / EXPORTS_FILE) as tmp:

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends import load_engine
+from cellsynth.backends import choose_engine, load_engine
 from cellsynth.bundle import Bundle, load_bundle
 from cellsynth.chunks import ChunkStore
 from cellsynth.conditions import (
@@ -222,10 +222,13 @@ def generate(
     codes = _labels(b, n_cells, conditions, composition, seed, split)  # runs over all shards' cells
     chosen = engine
     resumed_engine = _resumed_engine(out) if engine == "auto" and resume else None
-    if resumed_engine is not None:
-        # The run being resumed chose its engine already; a new measurement could choose the
-        # other one, and every kept chunk (made by that engine) would be computed again.
-        chosen = resumed_engine
+    if resumed_engine is not None and choose_engine(b, device)[1] == "cpu":
+        # On the CPU the run being resumed measured its engine already; a new measurement could
+        # choose the other one, and every kept chunk (made by that engine) would be computed
+        # again. (On a GPU auto follows a fixed order, which chooses the same engine again.)
+        chosen, device = resumed_engine, "cpu"
+    else:
+        resumed_engine = None
     # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
     denoiser, decoder, why = load_engine(
         b,

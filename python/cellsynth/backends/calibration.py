@@ -31,6 +31,7 @@ import numpy as np
 
 from cellsynth.bench.machine import cpu_model, library_versions
 from cellsynth.bundle import Bundle
+from cellsynth.errors import CellsynthError
 from cellsynth.files import atomic_path
 
 CALIBRATION_CELLS = 64
@@ -83,7 +84,21 @@ def choose_by_speed(
         }
         return engine, f"CPU, {engine} (not measured: {record['reason']})", record
     cells = int(min(batch_size, CALIBRATION_CELLS))
-    per_call = {name: _seconds_per_call(bundle, load, name, cells) for name in candidates}
+    per_call, broken = {}, {}
+    for name in candidates:
+        try:
+            per_call[name] = _seconds_per_call(bundle, load, name, cells)
+        except Exception as exc:  # a broken install of one engine leaves the other
+            broken[name] = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if not per_call:
+        raise CellsynthError(
+            "no engine could run this bundle on the CPU: "
+            + "; ".join(f"{k}: {v}" for k, v in broken.items())
+        )
+    if broken:  # not cached: the next run tries the broken engine again
+        engine, why, record = _decide(per_call, cells, steps, threads, cached=False)
+        record["failed"] = broken
+        return engine, why + f"; {', '.join(broken)} failed to load", record
     _write_cache(
         key,
         {

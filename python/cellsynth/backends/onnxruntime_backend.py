@@ -171,6 +171,9 @@ class OnnxRuntimeDenoiser(Denoiser):
             self.session.run_with_iobinding(binding)
         return out
 
+    def close(self) -> None:
+        self.session = None
+
 
 #: Activation bytes of one call's [rows, tokens, hidden] tensor that stay in a core's caches:
 #: kang-dit (40 tokens x 128) ran fastest at 32-64 rows per call and the scRDiT paper config
@@ -190,9 +193,6 @@ def default_rows_per_call(architecture: dict[str, Any]) -> int:
     tokens = -(-int(architecture["n_genes"]) // patch) if patch > 0 else 1
     rows = CALL_ACTIVATION_BYTES // (tokens * hidden * 4)
     return max(MIN_ROWS_PER_CALL, 1 << max(0, int(rows).bit_length() - 1))
-
-    def close(self) -> None:
-        self.session = None
 
 
 def _check_metadata(session: Any, path: Path, bundle: Bundle, precision: str) -> None:

@@ -23,6 +23,7 @@ COLUMNS = (
     ("scheduler", "scheduler", "{}"),
     ("steps", "steps", "{}"),
     ("batch_size", "batch", "{}"),
+    ("device", "device", "{}"),
     ("latency_p50_s", "p50 ms", "ms"),
     ("latency_p95_s", "p95 ms", "ms"),
     ("latency_p99_s", "p99 ms", "ms"),

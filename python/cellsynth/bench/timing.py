@@ -58,7 +58,8 @@ def time_config(
             full_s = step_s * config.steps
             limit = config.steps
             if not whole_loop and full_s * repeats > budget_s:
-                limit = max(MIN_TIMED_STEPS, min(config.steps, int(budget_s / (repeats * step_s))))
+                affordable = int(budget_s / (repeats * step_s))
+                limit = min(config.steps, max(MIN_TIMED_STEPS, affordable))
             runs = [
                 _run(denoiser, decoder, sched, config, batch, limit, whole_loop)
                 for _ in range(repeats)
@@ -78,6 +79,7 @@ def time_config(
         "latency_p50_s": p[50],
         "latency_p95_s": p[95],
         "latency_p99_s": p[99],
+        "device": denoiser.device,
         "cells_per_s": config.batch_size / p[50],
         "model_ms_per_step": 1e3 * statistics.median(model) if model else None,
         "scheduler_ms_per_step": 1e3 * statistics.median(steps) if steps else None,
