@@ -118,11 +118,10 @@ class OnnxRuntimeDenoiser(Denoiser):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if rows_per_call is not None and int(rows_per_call) < 1:
             raise CellsynthError(f"rows_per_call must be >= 1, got {rows_per_call}")
-        # export_path checks the manifest's config hash and the file's SHA-256 first.
-        export_path(self.bundle, "onnx", precision)
-        path = fused_graph_path(self.bundle, precision) or export_path(
-            self.bundle, "onnx", precision, verify=False
-        )
+        # export_path checks the manifest's config hash and the portable file's SHA-256 (the
+        # export's identity), fused_graph_path the fused file's.
+        portable = export_path(self.bundle, "onnx", precision)
+        path = fused_graph_path(self.bundle, precision) or portable
         self.session = open_session(path, threads)
         _check_metadata(self.session, path, self.bundle, precision)
         opts = self.session.get_session_options()

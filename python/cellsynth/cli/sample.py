@@ -120,7 +120,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth.conditions import parse_condition_args
     from cellsynth.generate import generate, parse_shard
 
     ray_only = {"--workers": args.workers, "--shards": args.shards}
@@ -133,27 +132,10 @@ def run(args: argparse.Namespace) -> None:
     adata = generate(
         args.bundle,
         n_cells=args.n_cells,
-        steps=args.steps,
-        eta=args.eta,
-        seed=args.seed,
-        conditions=parse_condition_args(args.condition),
-        guidance=args.guidance,
-        scheduler=args.scheduler,
-        timestep_spacing=args.timestep_spacing,
-        batch_size=args.batch_size,
-        weights=args.weights,
-        engine=args.engine,
-        device=args.device,
-        precision=args.precision,
-        threads=args.threads,
-        composition=args.composition,
-        split="even" if args.even else "training",
+        **_options(args),
         shard=parse_shard(args.shard) if args.shard else None,
-        counts=args.counts,
-        mean=args.mean,
         out=args.out,
         resume=args.resume,
-        chunk_size=args.chunk_size,
         overwrite=args.overwrite,
     )
     info = adata.uns["cellsynth"]
@@ -165,7 +147,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    """The arguments of cellsynth.generate that --ray passes on to every shard."""
+    """The arguments of cellsynth.generate that describe the cells (a --ray run passes them on
+    to every shard)."""
     from cellsynth.conditions import parse_condition_args
 
     return dict(
