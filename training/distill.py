@@ -461,7 +461,7 @@ def distill(
     return anndata.AnnData(
         X=sp.csr_matrix(X),  # CSR like every other cellsynth output
         obs=obs,
-        var=pd.DataFrame(index=pd.Index(task.genes, dtype=object, name="gene")),
+        var=b.var,
         uns={"cellsynth": provenance},
     )
 

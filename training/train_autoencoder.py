@@ -159,6 +159,7 @@ def train_autoencoder_bundle(
         extra={"decode": extra},
         training=training,
         overwrite=overwrite,
+        var=prepared.var,
     )
 
 

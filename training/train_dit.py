@@ -236,6 +236,7 @@ def train_dit_bundle(
         training=record,
         files=training_report.files(record),
         overwrite=overwrite,
+        var=prepared.var,
     )
     # Resumable state is useless once the bundle is whole.
     shutil.rmtree(ckpt, ignore_errors=True)

@@ -8,6 +8,8 @@ Layout::
                            SHA-256 of every weight file
       model.safetensors    the trained weights
       ema.safetensors      their exponential moving average (used for sampling by default)
+      var.json             optional: the genes' metadata (the training data's var columns and
+                           statistics of the training cells), written into every output's var
 
 Three kinds of bundle share this format (``config["kind"]``):
 
@@ -16,7 +18,7 @@ Three kinds of bundle share this format (``config["kind"]``):
   no schedule, no EMA).
 * ``"latent_diffusion"``: a denoiser over the autoencoder's latent codes (SCDG). Its autoencoder
   bundle lives inside it, in ``BUNDLE/autoencoder/``, pinned by the SHA-256 of its config.json;
-  genes and preprocessing are the autoencoder's.
+  genes, preprocessing and var.json are the autoencoder's.
 
 Weights are safetensors, never pickle. :func:`load_bundle` checks all of it before anything is
 used, and every failure names the file and what is wrong with it.
@@ -43,6 +45,7 @@ FORMAT_NAME = "cellsynth-bundle"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
+VAR_FILE = "var.json"
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 KINDS = ("diffusion", "autoencoder", "latent_diffusion")
 AUTOENCODER_DIR = "autoencoder"  # where a latent-diffusion bundle keeps its autoencoder
@@ -149,6 +152,20 @@ class Bundle:
     @property
     def genes(self) -> list[str]:
         return list(self.config["genes"])
+
+    @property
+    def var(self) -> Any:
+        """The genes' metadata as a pandas DataFrame indexed by gene (an output's ``var``).
+
+        A latent-diffusion bundle's genes are its autoencoder's, and so is this table. A bundle
+        written before gene metadata was kept gives the genes with no columns.
+        """
+        from cellsynth.data.gene_metadata import empty_var, read_var
+
+        root = self.path / AUTOENCODER_DIR if self.kind == "latent_diffusion" else self.path
+        if not (root / VAR_FILE).is_file():
+            return empty_var(self.genes)
+        return read_var(root / VAR_FILE, self.genes)
 
     @property
     def width(self) -> int:
@@ -292,6 +309,7 @@ def save_bundle(
     autoencoder: str | os.PathLike | None = None,
     extra: Mapping[str, Any] | None = None,
     files: Mapping[str, Any] | None = None,
+    var: Any = None,
 ) -> Path:
     """Write a bundle directory atomically and return its path.
 
@@ -317,6 +335,10 @@ def save_bundle(
         Further files for people (e.g. ``training.json``, ``training.png``): name -> a function
         that writes that file at the path it is given; written inside the temporary directory,
         so they appear with the bundle or not at all. They are not part of the bundle's hash.
+    var : pandas.DataFrame, optional
+        The genes' metadata (:attr:`cellsynth.data.PreparedData.var`), indexed by the bundle's
+        genes in their order; written as ``var.json``. A latent-diffusion bundle takes its
+        autoencoder's and must not be given one.
     """
     import shutil
 
@@ -330,6 +352,10 @@ def save_bundle(
         )
     if (kind == "latent_diffusion") != (autoencoder is not None):
         raise ValueError("a latent_diffusion bundle, and only it, needs its autoencoder bundle")
+    if var is not None and kind == "latent_diffusion":
+        raise ValueError("a latent_diffusion bundle's gene metadata is its autoencoder's")
+    if var is not None and [str(g) for g in var.index] != list(preprocessing.genes):
+        raise ValueError("var must be indexed by the preprocessing record's genes, in order")
     record = preprocessing.to_dict()
     config: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -367,6 +393,10 @@ def save_bundle(
             os.chmod(tmp / WEIGHT_FILES[which], default_file_mode())
             config["weights"][WEIGHT_FILES[which]] = sha256_file(tmp / WEIGHT_FILES[which])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        if var is not None:
+            from cellsynth.data.gene_metadata import write_var
+
+            write_var(var, tmp / VAR_FILE)
         for name, write in (files or {}).items():
             write(tmp / name)
         # Validate what was written before it takes the final name.
@@ -478,6 +508,8 @@ def _validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = 
     if schedule is not None and schedule.num_train_timesteps < 1:
         raise BundleError(f"{where}: empty schedule")
     _validate_weights(bundle, check_against_torch, verify_weights)
+    if kind != "latent_diffusion" and (root / VAR_FILE).is_file():
+        bundle.var  # noqa: B018 - read to check it: same genes, in order, well-formed columns
 
 
 def _validate_autoencoder_link(bundle: Bundle) -> None:

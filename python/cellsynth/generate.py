@@ -315,7 +315,7 @@ def generate(
     obs = _obs(b, codes[lo:hi], lo)
     if count_model and not mean:
         obs["library_size"] = run.library.draw(codes[lo:hi], seed, lo).astype(np.float32)
-    var = pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene"))
+    var = b.var
     chunks = chunk_bounds(lo, hi, chunk_size)
     bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
     started = time.perf_counter()

@@ -69,7 +69,7 @@ def normalize_like(real: Any, bundle: str | Bundle) -> anndata.AnnData:
     return anndata.AnnData(
         X=sp.csr_matrix(x, dtype=np.float32),
         obs=obs,
-        var=pd.DataFrame(index=pd.Index(b.genes, dtype=object, name="gene")),
+        var=b.var,
         layers={"counts": sp.csr_matrix(kept, dtype=np.int32)},
         uns={
             "cellsynth": {

@@ -76,6 +76,10 @@ def describe(bundle: Bundle) -> str:
         f"genes        {len(genes)} ({', '.join(genes[:5])}{', ...' if len(genes) > 5 else ''}), "
         f"{silent}"
     )
+    columns = list(bundle.var.columns)
+    lines.append(
+        "gene table   " + (", ".join(columns) if columns else "none (trained before it was kept)")
+    )
     if bundle.kind == "latent_diffusion":
         ae = bundle.autoencoder
         lines.append(

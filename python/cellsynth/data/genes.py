@@ -120,7 +120,18 @@ def select_genes(
     n_top_genes: int = 2000,
     min_detection_rate: float = DEFAULT_MIN_DETECTION_RATE,
 ) -> np.ndarray:
-    """Indices of the ``n_top_genes`` most informative genes.
+    """Indices of the ``n_top_genes`` most informative genes (see :func:`rank_genes`)."""
+    return rank_genes(counts_csr, lognorm_csr, method, n_top_genes, min_detection_rate)[0]
+
+
+def rank_genes(
+    counts_csr: sp.csr_matrix,
+    lognorm_csr: sp.csr_matrix,
+    method: str = "seurat",
+    n_top_genes: int = 2000,
+    min_detection_rate: float = DEFAULT_MIN_DETECTION_RATE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_top_genes`` most informative genes, and every gene's score.
 
     Fit this on training cells only, so that nothing about held-out cells leaks into the model.
 
@@ -139,8 +150,10 @@ def select_genes(
 
     Returns
     -------
-    np.ndarray, int64, shape [n_top_genes]
+    chosen : np.ndarray, int64, shape [n_top_genes]
         Selected column indices in increasing order (the data's gene order is kept).
+    scores : np.ndarray, float64, shape [n_genes]
+        The method's score of every gene, higher is better; NaN for ineligible genes.
 
     Raises
     ------
@@ -174,4 +187,4 @@ def select_genes(
         )
     # Stable sort on the negated score: highest first, ties in column order.
     order = eligible[np.argsort(-scores[eligible], kind="stable")]
-    return np.sort(order[:n_top_genes]).astype(np.int64)
+    return np.sort(order[:n_top_genes]).astype(np.int64), scores

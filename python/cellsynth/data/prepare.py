@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellsynth.data.genes import DEFAULT_MIN_DETECTION_RATE, GENE_SELECTION_METHODS, select_genes
+from cellsynth.data.gene_metadata import gene_metadata
+from cellsynth.data.genes import DEFAULT_MIN_DETECTION_RATE, GENE_SELECTION_METHODS, rank_genes
 from cellsynth.data.io import extract_counts
 from cellsynth.data.normalize import library_sizes, log1p_normalize, qc_masks
 from cellsynth.data.record import GeneSelection, LibrarySize, PreprocessingRecord, SplitInfo
@@ -47,6 +48,9 @@ class PreparedData:
         The raw counts of the selected genes (what count-likelihood models are trained on).
     library_train, library_test : np.ndarray, float32, [n_train] and [n_test]
         Library sizes: total counts over all genes, the size ``x`` was normalised by.
+    var : pandas.DataFrame, shape [G, *]
+        The model genes' metadata: the input's ``var`` columns plus statistics of the training
+        cells (see :mod:`cellsynth.data.gene_metadata`).
     """
 
     record: PreprocessingRecord
@@ -62,6 +66,7 @@ class PreparedData:
     counts_test: sp.csr_matrix | None = None
     library_train: np.ndarray | None = None
     library_test: np.ndarray | None = None
+    var: pd.DataFrame | None = None
 
     @property
     def genes(self) -> list[str]:
@@ -78,6 +83,14 @@ def _label_codes(obs: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, dict[s
         vocab, codes[:, j] = np.unique(values, return_inverse=True)
         vocabularies[key] = [str(v) for v in vocab]
     return codes, vocabularies
+
+
+def _input_var(adata: ad.AnnData, genes: np.ndarray, source: str) -> pd.DataFrame:
+    """The input's gene metadata, one row per column of the counts (``raw`` has its own var)."""
+    var = adata.raw.var if source == "raw" else adata.var
+    if len(var) != len(genes):  # cannot happen with extract_counts' names; be safe, not wrong
+        return pd.DataFrame(index=pd.Index(np.asarray(genes, dtype=str)))
+    return var
 
 
 def _check_options(
@@ -167,6 +180,7 @@ def prepare(
     _check_options(gene_selection, n_top_genes, target_sum, zero_value, max_cells)
     validate_labels(adata.obs, keys)
     x, genes, source = extract_counts(adata, counts)
+    input_var = _input_var(adata, genes, source)
     cells = adata.obs_names
     obs = adata.obs[keys]
     n_input = x.shape[0]
@@ -199,17 +213,17 @@ def prepare(
     # that transform() on the training data reproduces x_train bit for bit.
     lognorm = log1p_normalize(x, target_sum)
     qc_genes = np.flatnonzero(gene_mask)
-    chosen = qc_genes[
-        select_genes(
-            x[train][:, qc_genes],
-            lognorm[train][:, qc_genes],
-            gene_selection,
-            n_top_genes,
-            min_detection_rate,
-        )
-    ]
+    picked, scores = rank_genes(
+        x[train][:, qc_genes],
+        lognorm[train][:, qc_genes],
+        gene_selection,
+        n_top_genes,
+        min_detection_rate,
+    )
+    chosen = qc_genes[picked]
     dense = lognorm[:, chosen].toarray()
     chosen_counts = sp.csr_matrix(x[:, chosen], dtype=np.float32)
+    var = gene_metadata(input_var.iloc[chosen], chosen_counts[train], dense[train], scores[picked])
     totals = library_sizes(x)
 
     record = PreprocessingRecord(
@@ -254,4 +268,5 @@ def prepare(
         counts_test=chosen_counts[test],
         library_train=totals[train],
         library_test=totals[test],
+        var=var,
     )
