@@ -204,7 +204,9 @@ def test_kang_dit_cells_are_compared_with_its_held_out_cells(kang_adata: ad.AnnD
     result = evaluate(kang_adata, syn, "cell_type", progress=False)
     ev = result["evaluation"]
     assert ev["held_out"] and "held-out cells of bundle kang-dit" in ev["real"]["representation"]
-    assert result["n_real"] == 2715  # the bundle's test split, not all 13,576 cells
+    match = ev["label_match"]  # its test split, not all 13,576 cells, in the synthetic mix
+    assert match["real_cells_before"] == 2715 and match["keys"] == ["cell_type", "stim"]
+    assert result["n_real"] == result["n_synthetic"] == match["cells_per_side"] <= 240
     assert "never saw them" in ev["cells_note"]
     m = result["metrics"]
     # 400 cells measured knn AUC 0.62 (floor 0.53), r(gene means) 0.995 (floor 0.996).
@@ -228,3 +230,29 @@ def test_a_subsample_is_read_as_counts_not_as_generated_cells(halves) -> None:
     assert picked.uns["cellsynth"]["command"] == "subsample"
     result = evaluate(real, picked, label_key="cell_type", progress=False)
     assert "counts from" in result["evaluation"]["synthetic"]["representation"]
+
+
+def test_like_with_like_removes_the_label_mix_from_the_score(halves) -> None:
+    # Synthetic cells: real CD14+ Monocytes of the other half. Against every real cell the kNN test
+    # sees the label mix (one type against eight); matched, both sides hold CD14+ Monocytes only.
+    real, other = halves
+    one_type = other[other.obs["cell_type"] == "CD14+ Monocytes"].copy()
+    syn = _as_cellsynth_output(one_type)
+    matched = evaluate(real, syn, "cell_type", progress=False)
+    every = evaluate(real, syn, "cell_type", progress=False, match_labels=False)
+    match = matched["evaluation"]["label_match"]
+    assert match["keys"] == ["cell_type"] and match["combinations"] == 1
+    n_real_mono = int((real.obs["cell_type"] == "CD14+ Monocytes").sum())
+    assert match["cells_per_side"] == min(n_real_mono, one_type.n_obs)
+    assert every["evaluation"]["label_match"] is None
+    # measured: 0.82 against every cell, near the floor when matched
+    auc_every, auc_matched = (r["metrics"]["knn_auc"]["value"] for r in (every, matched))
+    assert auc_every > 0.75 and auc_matched < 0.65 and auc_matched < auc_every - 0.15
+    assert any(n.startswith("Compared like with like") for n in matched["evaluation"]["notes"])
+
+
+def test_without_a_shared_label_column_every_cell_is_compared_and_said(halves) -> None:
+    real, other = halves
+    result = evaluate(real, _as_cellsynth_output(other), progress=False)
+    assert result["evaluation"]["label_match"] is None
+    assert any(n.startswith("Label mix not matched") for n in result["evaluation"]["notes"])

@@ -62,6 +62,9 @@ from cellsynth.files import atomic_path
 from cellsynth.metrics import METRICS, compute_metrics
 
 DEFAULT_TARGET_SUM = 1e4
+# Below this many cells a side, a label-matched comparison says too little (the floor halves the
+# real side again); every cell is compared instead, with a note.
+MIN_MATCHED_CELLS = 50
 
 #: Plain-language meaning of each metric family, for the report.
 EXPLANATIONS: dict[str, str] = {
@@ -235,9 +238,13 @@ def _labels(real: ad.AnnData, syn: ad.AnnData, key: str, real_name: str, syn_nam
 
 
 def _held_out(
-    bundle: Any, real: ad.AnnData, syn_genes: pd.Index, label_key: str | None
-) -> tuple[np.ndarray, np.ndarray | None] | str:
-    """(held-out expression [n_test, G_syn], labels [n_test]) or the reason they are not used."""
+    bundle: Any, real: ad.AnnData, syn_genes: pd.Index, keys: list[str], label_key: str | None
+) -> tuple[np.ndarray, pd.DataFrame] | str:
+    """(held-out expression [n_test, G_syn], their ``keys`` labels) or why they are not used.
+
+    Keys the held-out cells cannot be given are left out of the frame, except ``label_key``,
+    without which the held-out cells are not used.
+    """
     from cellsynth.heldout import held_out_cells
 
     record = bundle.preprocessing
@@ -253,15 +260,44 @@ def _held_out(
         x, obs = held_out_cells(bundle, real)
     except (CellsynthError, ValueError, KeyError) as err:
         return f"it is not the bundle's training data ({' '.join(str(err).split())})"
-    labels = None
-    if label_key is not None:
-        if label_key in obs:
-            labels = obs[label_key].astype(str).to_numpy()
-        elif real.obs_names.is_unique:
-            labels = real.obs.loc[obs.index, label_key].astype(str).to_numpy()
-        else:
+    labels = pd.DataFrame(index=obs.index)
+    for key in keys:
+        if key in obs:
+            labels[key] = obs[key].astype(str).to_numpy()
+        elif key in real.obs and real.obs_names.is_unique:
+            labels[key] = real.obs.loc[obs.index, key].astype(str).to_numpy()
+        elif key == label_key:
             return f"its held-out cells cannot be matched to {label_key!r} (cell names repeat)"
     return np.ascontiguousarray(x[:, position], dtype=np.float32), labels
+
+
+def _label_keys(label_key: str | None, bundle: Any, synthetic: ad.AnnData) -> list[str]:
+    """The synthetic file's label columns worth reading from the real side: ``label_key`` and
+    the labels of the bundle that made it."""
+    keys = ([label_key] if label_key else []) + (list(bundle.labels.keys) if bundle else [])
+    return [k for k in dict.fromkeys(keys) if k in synthetic.obs]
+
+
+def _match(
+    real_obs: pd.DataFrame, syn_obs: pd.DataFrame, keys: list[str], seed: int
+) -> tuple[Any, str]:
+    """The label-mix match of both sides (None when it cannot be made) and a note saying so."""
+    from cellsynth.metrics.label_mix import match_label_mix
+
+    keys = [k for k in keys if k in real_obs.columns]
+    if not keys:
+        return None, (
+            "Label mix not matched: no label column is in both files, so every cell is compared "
+            "whatever the mix of each side."
+        )
+    match = match_label_mix(real_obs, syn_obs, keys, seed)
+    if len(match.real_rows) < MIN_MATCHED_CELLS:
+        return None, (
+            f"Label mix not matched: only {len(match.real_rows)} cells a side would share the mix "
+            f"of {' x '.join(keys)} (fewer than {MIN_MATCHED_CELLS}), so every cell is compared; "
+            "the numbers then also measure the difference in label mix."
+        )
+    return match, match.describe(len(real_obs), len(syn_obs))
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -276,6 +312,7 @@ def evaluate(
     progress: bool = True,
     *,
     umap: bool = False,
+    match_labels: bool = True,
     **metric_options: Any,
 ) -> dict[str, Any]:
     """Compare synthetic cells with real ones; optionally write the report to ``out``.
@@ -291,6 +328,10 @@ def evaluate(
     seed : seeds every random choice (splits, subsamples, PCA, plots' subsamples).
     progress : show a progress bar of the stages on stderr.
     umap : also draw a UMAP of real cells with synthetic cells embedded (needs umap-learn; slow).
+    match_labels : compare like with like (the default): both sides keep the same number of
+        cells of every label combination (the labels of ``label_key`` and of the bundle that made
+        the synthetic cells, where both files have them; see
+        :mod:`cellsynth.metrics.label_mix`). False compares every cell whatever the label mix.
     **metric_options : passed to :func:`cellsynth.metrics.compute_metrics`.
 
     Returns
@@ -331,10 +372,13 @@ def evaluate(
         columns, gene_notes = _gene_columns(real_genes, syn_genes)
         notes += gene_notes
         syn_dense = syn_x.toarray()
-        syn_labels = syn_ad.obs[label_key].astype(str).to_numpy() if label_key else None
-        held = _held_out(bundle, real_ad, syn_genes, label_key) if bundle is not None else None
+        keys = _label_keys(label_key, bundle, syn_ad)
+        syn_obs = syn_ad.obs[keys].astype(str)
+        held = (
+            _held_out(bundle, real_ad, syn_genes, keys, label_key) if bundle is not None else None
+        )
         if isinstance(held, tuple):
-            real_dense, real_labels = held
+            real_dense, real_obs = held
             real_how = f"held-out cells of bundle {bundle.name}, in its preprocessing"
             cells_note = (
                 f"Real cells: the {len(real_dense)} held-out cells of bundle {bundle.name} "
@@ -342,12 +386,25 @@ def evaluate(
             )
         else:
             real_dense = real_x[:, columns].toarray()
-            real_labels = real_ad.obs[label_key].astype(str).to_numpy() if label_key else None
+            real_obs = real_ad.obs[[k for k in keys if k in real_ad.obs]].astype(str)
             cells_note = (
                 "Real cells: every cell of the real data. If the model was trained on some of "
                 "them, the numbers may look better than on unseen cells."
                 + (f" (Held-out split not used: {held}.)" if isinstance(held, str) else "")
             )
+        n_real_cells, n_syn_cells = len(real_dense), len(syn_dense)
+        match = None
+        if match_labels:
+            match, match_note = _match(real_obs, syn_obs, keys, seed)
+            notes.append(match_note)
+            if match is not None:
+                real_dense, real_obs = real_dense[match.real_rows], real_obs.iloc[match.real_rows]
+                syn_dense, syn_obs = (
+                    syn_dense[match.synthetic_rows],
+                    syn_obs.iloc[match.synthetic_rows],
+                )
+        real_labels = real_obs[label_key].to_numpy() if label_key else None
+        syn_labels = syn_obs[label_key].to_numpy() if label_key else None
         if log1p:  # one scale: the compared genes' own totals (module docstring)
             real_dense = renormalize_log1p(real_dense, target_sum)
             syn_dense = renormalize_log1p(syn_dense, target_sum)
@@ -385,6 +442,16 @@ def evaluate(
                 },
                 "held_out": isinstance(held, tuple),
                 "cells_note": cells_note,
+                "label_match": None
+                if match is None
+                else {
+                    "keys": match.keys,
+                    "combinations": match.combinations,
+                    "cells_per_side": int(len(match.real_rows)),
+                    "real_cells_before": n_real_cells,
+                    "synthetic_cells_before": n_syn_cells,
+                    "synthetic_cells_without_real": match.dropped_synthetic,
+                },
                 "label_key": label_key,
                 "n_genes": int(len(syn_genes)),
                 "real_genes_dropped": int(len(real_genes) - len(syn_genes)),

@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "log-normalised expression, compute every fidelity metric beside its real-vs-real "
         "floor (per label with --label) and write metrics.json, report.md and PNG figures to "
         "--out. When the real data is the training data of the bundle that generated the "
-        "synthetic cells, only its held-out cells are compared.",
+        "synthetic cells, only its held-out cells are compared. Both sides keep the same mix of "
+        "labels (--label and the bundle's labels) unless --all-cells.",
     )
     p.add_argument(
         "--real",
@@ -32,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--umap", action="store_true", help="also draw a UMAP (needs umap-learn; slower)"
     )
+    p.add_argument(
+        "--all-cells",
+        action="store_true",
+        help="compare every cell whatever the label mix of each side (default: like with like, "
+        "the same number of cells of every label combination on both sides)",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
         out=args.out,
         seed=args.seed,
         umap=args.umap,
+        match_labels=not args.all_cells,
     )
     ev = result["evaluation"]
     print(
@@ -54,6 +62,8 @@ def run(args: argparse.Namespace) -> None:
         f"on {ev['n_genes']} genes ({ev['seconds']} s)"
     )
     print(f"  {ev['cells_note']}")
+    if not args.all_cells:  # what the label-mix matching did (or why it could not)
+        print(f"  {next(n for n in ev['notes'] if n.startswith(('Compared like', 'Label mix')))}")
     print(f"  {'metric':<28} {'value':>11}  {'floor':>11}  {'ratio':>9}")
     for name in KEY_METRICS:
         m = result["metrics"][name]
