@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--config",
         default="auto",
         help="model size: auto (default: sized to the genes and the device), kang, small or "
-        "paper (the scRDiT paper's; ~6 GB of memory to train)",
+        "paper (the scRDiT paper's; its memory grows with the batch: ~6.6 GB to train at "
+        "--batch-size 128, ~3 GB at 32)",
     )
     _add_length(dit)
     dit.add_argument(
