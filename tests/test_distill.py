@@ -19,6 +19,7 @@ from cellsynth.training.distill import (
     dm_loss,
     gradient_distance,
     head_gradients,
+    kmeans_start,
 )
 from cellsynth.training.distill_data import load_task
 from cellsynth.training.train_autoencoder import train_autoencoder_bundle
@@ -128,6 +129,28 @@ def test_distillation_lowers_the_loss_and_beats_random_codes(task, generator) ->
     assert end < 0.8 * start
     assert end < run.matching_loss(random_codes)
     assert history[-1] < history[0]
+
+
+def test_kmeans_start_covers_each_class_with_its_clusters(task) -> None:
+    from sklearn.cluster import KMeans
+
+    centroids, nearest, members = kmeans_start(task, 3, seed=4)
+    assert centroids.shape == (3 * len(task.classes), len(task.genes)) == (len(members), 200)
+    for c in range(len(task.classes)):
+        idx = task.class_indices(c)
+        rows = slice(3 * c, 3 * c + 3)
+        ref = KMeans(n_clusters=3, n_init=3, random_state=4).fit(task.x_train[idx])
+        np.testing.assert_allclose(centroids[rows], ref.cluster_centers_, rtol=1e-5, atol=1e-6)
+        # the clusters partition the class, and each named cell lies in its own cluster
+        mine = members[rows]
+        assert sorted(np.concatenate(mine)) == sorted(idx)
+        assert all(n in m for n, m in zip(nearest[rows], mine, strict=True))
+    run = Distiller(task, DistillConfig(spc=3, init="kmeans", iterations=1, seed=4))
+    with torch.no_grad():
+        feats = run.gen.ae.encode(torch.as_tensor(task.x_train))
+    expected = torch.stack([feats[m].mean(0) for m in members])
+    torch.testing.assert_close(run.dm_targets, expected)  # each cell's target: its own cluster
+    np.testing.assert_array_equal(run.init_idx, nearest)
 
 
 def test_distill_output(scdg_bundle, wu2020_adata, task) -> None:

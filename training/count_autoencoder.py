@@ -86,6 +86,57 @@ def log_zinb(
     return torch.where(x < 0.5, zero, log_not_pi + log_nb_x)
 
 
+# Terms of the exact sum in nb_expected_log1p; the rest of the distribution is one tail term.
+EXPECTED_LOG1P_TERMS = 32
+
+
+def nb_expected_log1p(
+    mu: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, terms: int = EXPECTED_LOG1P_TERMS
+) -> torch.Tensor:
+    """E[log1p(scale * X)] for X ~ NB(mu, theta), elementwise, differentiable in mu and theta.
+
+    The expected log-normalised expression of a count model (scale = target_sum / library). It
+    differs from ``log1p(scale * mu)``, the log of the expected expression, by Jensen's gap, which
+    is large for the sparse genes: a gene seen in 10% of cells at ~20 normalised counts has a mean
+    log1p of ~0.3 and a log1p(mean) of ~1.1. Real cells averaged in log space (a class mean) are
+    on the first scale, so a cell meant to stand for them must be too.
+
+    The sum over counts 0..terms-1 is exact; the rest of the distribution is one term at the
+    mean of its tail m (which keeps the mean exact), corrected to second order for the tail's
+    variance v: ``log1p(s m) - s^2 v / (2 (1 + s m)^2)``, the correction capped so that the term
+    never falls below ``log1p(s * terms)``. Against an exact float64 sum
+    (tests/test_count_models.py) the error is below 1e-3 where mu <= 5 and at most 0.19 (log
+    units; mean 0.02) for mu up to 1,000, the worst at strong overdispersion (theta 0.1).
+
+    Parameters
+    ----------
+    mu : Tensor [..., G], > 0 ; theta : Tensor broadcastable to mu, > 0 ; scale : Tensor
+        broadcastable to mu, > 0.
+    """
+    k = torch.arange(terms, dtype=mu.dtype, device=mu.device)  # [K]
+    m, t = mu[..., None], theta[..., None]
+    log_p = (
+        torch.lgamma(k + t)
+        - torch.lgamma(t)
+        - torch.lgamma(k + 1)
+        + t * (torch.log(t) - torch.log(t + m))
+        + k * (torch.log(m + 1e-30) - torch.log(t + m))
+    )
+    p = log_p.exp()  # [..., G, K]
+    s = scale[..., None] if scale.dim() else scale
+    body = (p * torch.log1p(k * s)).sum(-1)
+    tail_mass = (1.0 - p.sum(-1)).clamp_min(0.0)
+    tail_mean = (mu - (p * k).sum(-1)) / tail_mass.clamp_min(1e-12)
+    tail_mean = tail_mean.clamp_min(float(terms))
+    second = mu + mu * mu / theta + mu * mu  # E[X^2]
+    tail_var = (second - (p * k * k).sum(-1)) / tail_mass.clamp_min(1e-12) - tail_mean**2
+    at_mean = torch.log1p(tail_mean * scale)
+    floor = torch.log1p(float(terms) * scale)
+    correction = 0.5 * scale**2 * tail_var.clamp_min(0.0) / (1.0 + scale * tail_mean) ** 2
+    correction = torch.minimum(correction, (at_mean - floor).clamp_min(0.0))
+    return body + tail_mass * (at_mean - correction)
+
+
 class CountAutoEncoder(nn.Module):
     """Encoder [B, G] log-normalised -> codes [B, D]; decoder codes -> NB / ZINB over counts.
 
@@ -189,6 +240,18 @@ class CountAutoEncoder(nn.Module):
         if pi is not None:
             rho = rho * (1 - pi)
         return torch.log1p(rho * self.target_sum)
+
+    def expected_log_expression(self, z: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """E[log1p(X / L * target_sum)] [B, G] for codes z [B, D] and library sizes L [B].
+
+        The mean of the log-normalised expression of cells drawn from the model at these codes
+        and depths (:func:`nb_expected_log1p`; ZINB: times 1 - pi, its zeros add nothing), the
+        scale of real cells averaged in log space. :meth:`decode` is the log of the mean instead.
+        """
+        rho, theta, pi = self.decode_counts(z)
+        library = library.to(rho.dtype)[:, None]  # [B, 1]
+        out = nb_expected_log1p(rho * library, theta.expand_as(rho), self.target_sum / library)
+        return out if pi is None else (1 - pi) * out
 
     # ------------------------------------------------------------------------- training
 

@@ -48,6 +48,7 @@ from cellsynth.training.scdg import single_step
 
 MATCHES = ("dm", "dc")
 GENERATORS = ("scdg", "decoder", "none")
+INITS = ("kmeans", "random")
 
 
 @dataclass
@@ -60,6 +61,11 @@ class DistillConfig:
         Synthetic cells per class.
     match : {'dm', 'dc'}
     generator : {'scdg', 'decoder', 'none'}
+    init : {'kmeans', 'random'}
+        Where the SPC parameters of a class start: its SPC k-means centroids in expression space
+        (scikit-learn, seeded), each then matched by DM to the mean of its own cluster, so the
+        set keeps covering the class; or SPC random cells of the class, matched by DM to the
+        class mean (the scDD paper's).
     iterations : int
         Optimiser steps.
     learning_rate : float
@@ -76,6 +82,7 @@ class DistillConfig:
     spc: int = 1
     match: str = "dm"
     generator: str = "scdg"
+    init: str = "kmeans"
     iterations: int = 200
     learning_rate: float = 0.05
     t_star: int = 50
@@ -88,6 +95,8 @@ class DistillConfig:
             raise DataError(f"--match must be one of {MATCHES}, got {self.match!r}")
         if self.generator not in GENERATORS:
             raise DataError(f"--generator must be one of {GENERATORS}, got {self.generator!r}")
+        if self.init not in INITS:
+            raise DataError(f"--init must be one of {INITS}, got {self.init!r}")
         for name in ("spc", "iterations", "real_batch", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -186,6 +195,10 @@ class CellGenerator:
         ae_bundle = bundle.autoencoder
         self.ae = _frozen(ae_bundle.to_torch())
         self.zero_threshold = float(ae_bundle.config.get("decode", {}).get("zero_threshold", 0.0))
+        # A count decoder gives cells as the expected log-normalised expression at a typical
+        # depth for the cell's labels (see _decode); an MSE decoder's output is that already.
+        self.counts = hasattr(self.ae, "expected_log_expression")
+        self.library_of = _typical_library(bundle) if self.counts else None
         self.scdg = None
         if kind == "scdg":
             if bundle.kind != "latent_diffusion":
@@ -229,7 +242,38 @@ class CellGenerator:
         if self.kind == "scdg":
             z = single_step(self.scdg, params, cond, noise, self.t_star, self.alphas_cumprod)
             z = z / self.scale
-        return self.truncate(self.ae.decode(z))
+        return self.truncate(self._decode(z, cond))
+
+    def _decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Expression [n, G] of codes z [n, D].
+
+        A count decoder's ``decode`` is log1p of the expected expression; real cells averaged in
+        log space (what a class-mean cell or a classifier's weights reflect) are on the scale of
+        the expected log1p, which is far lower for sparse genes (Jensen's gap). Measured on Kang
+        (logistic regression on one cell per class from the mean code): 0.904 accuracy with
+        decode, 0.929 with the expected log1p; stim at 10 cells per class: 0.923 -> 0.984.
+        """
+        if not self.counts:
+            return self.ae.decode(z)
+        return self.ae.expected_log_expression(z, self.library_of(cond))
+
+
+def _typical_library(bundle: Bundle) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Library size [n] for SCDG label codes [n, K]: the median of the bundle's log-normal for
+    that label combination (what generation draws from), else of all training cells."""
+    from cellsynth.counts import LibraryModel
+
+    library = (bundle.config.get("latent") or {}).get("library")
+    if library is None:  # an autoencoder bundle: its training cells' depth
+        median = float(np.exp(bundle.autoencoder.preprocessing.library_size.mean_log))
+        return lambda cond: torch.full((len(cond),), median)
+    model = LibraryModel.from_dict(library)
+
+    def of(cond: torch.Tensor) -> torch.Tensor:
+        mean_log, _ = model.parameters(cond.detach().cpu().numpy())
+        return torch.as_tensor(np.exp(mean_log), dtype=torch.float32)
+
+    return of
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -298,6 +342,42 @@ def initial_cells(task: Task, spc: int, seed: int) -> np.ndarray:
     return np.concatenate(chosen)
 
 
+def kmeans_start(task: Task, spc: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """SPC k-means centroids per class in expression space (class-major).
+
+    Returns
+    -------
+    centroids : float32 [C * spc, G]
+    nearest : int [C * spc]
+        The training cell nearest each centroid (its labels condition the SCDG; named in the
+        output as the cell it started from).
+    members : list of int arrays
+        Training-cell indices of each centroid's cluster.
+    """
+    from sklearn.cluster import KMeans
+
+    centroids, nearest, members = [], [], []
+    for c, name in enumerate(task.classes):
+        idx = task.class_indices(c)
+        if spc > len(idx):
+            raise DataError(
+                f"SPC {spc} is larger than class {name!r} of {task.label!r}, which has "
+                f"{len(idx)} training cells; lower --spc"
+            )
+        x = task.x_train[idx]
+        km = KMeans(n_clusters=spc, n_init=3, random_state=seed).fit(x)
+        for j in range(spc):
+            inside = np.flatnonzero(km.labels_ == j)
+            if inside.size == 0:  # k-means can leave a cluster empty on duplicated cells
+                inside = np.argsort(((x - km.cluster_centers_[j]) ** 2).sum(1))[:1]
+            centre = km.cluster_centers_[j]
+            near = inside[np.argmin(((x[inside] - centre) ** 2).sum(1))]
+            centroids.append(centre.astype(np.float32))
+            nearest.append(idx[near])
+            members.append(idx[inside])
+    return np.stack(centroids), np.asarray(nearest, dtype=np.int64), members
+
+
 class Distiller:
     """One distillation run over a :class:`Task` (see :func:`distill`)."""
 
@@ -306,14 +386,24 @@ class Distiller:
         self.gen = CellGenerator(config.generator, task.bundle, config.t_star)
         self.C = len(task.classes)
         self.rng = torch.Generator().manual_seed(config.seed)
-        self.init_idx = initial_cells(task, config.spc, config.seed)  # [C * spc]
-        self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
-        self.cond = torch.as_tensor(task.cond_train[self.init_idx])  # [n, K]
-        self.params = self.gen.initial(task.x_train[self.init_idx])  # [n, P]
         with torch.no_grad():
             feats = self.gen.ae.encode(torch.as_tensor(task.x_train))  # [N, D], all train cells
         self.real_by_class = [feats[task.class_indices(c)] for c in range(self.C)]
         self.real_means = torch.stack([f.mean(0) for f in self.real_by_class])  # [C, D]
+        if config.init == "kmeans":
+            start, self.init_idx, members = kmeans_start(task, config.spc, config.seed)
+            # DM target of each synthetic cell: the mean feature of its own cluster [n, D]
+            self.dm_groups = torch.arange(len(self.init_idx))
+            self.dm_targets = torch.stack([feats[m].mean(0) for m in members])
+        else:
+            self.init_idx = initial_cells(task, config.spc, config.seed)  # [C * spc]
+            start = task.x_train[self.init_idx]
+            self.dm_groups, self.dm_targets = None, self.real_means
+        self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
+        self.cond = torch.as_tensor(task.cond_train[self.init_idx])  # [n, K]
+        self.params = self.gen.initial(start)  # [n, P]
+        if self.dm_groups is None:
+            self.dm_groups = self.labels
 
     def noise(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """SCDG noise [n, D] for the parameters (None for other generators); from ``self.rng``
@@ -326,7 +416,7 @@ class Distiller:
         """This iteration's matching loss of synthetic cells [n, G] (DC draws head and batches)."""
         encode = self.gen.ae.encode
         if self.config.match == "dm":
-            return lambda cells: dm_loss(encode(cells), self.labels, self.real_means)
+            return lambda cells: dm_loss(encode(cells), self.dm_groups, self.dm_targets)
         D = self.real_means.shape[1]
         weight = torch.randn(self.C, D, generator=self.rng) / D**0.5  # [C, D], fresh head
         bias = torch.zeros(self.C)
@@ -370,12 +460,13 @@ class Distiller:
             return self.gen(self.params, self.cond, noise).numpy()
 
     def matching_loss(self, params: torch.Tensor | None = None, seed: int = 12345) -> float:
-        """DM loss of ``params`` (default: the current ones) with fixed noise, for comparisons."""
+        """DM loss of ``params`` (default: the current ones) with fixed noise, for comparisons
+        (to the cluster means with the k-means start, else to the class means)."""
         params = self.params if params is None else params
         noise = self.noise(torch.Generator().manual_seed(seed))
         with torch.no_grad():
             cells = self.gen(params, self.cond, noise)
-            return float(dm_loss(self.gen.ae.encode(cells), self.labels, self.real_means))
+            return float(dm_loss(self.gen.ae.encode(cells), self.dm_groups, self.dm_targets))
 
 
 def distill(

@@ -9,7 +9,7 @@ synthetic set, C classes):
 ==============  ================================================================================
 random          SPC random real cells per class (the classic dataset-distillation baseline)
 class_mean      the mean training cell of every class (one per class; strong: 0.94 on Kang)
-kmeans          SPC k-means centroids per class (k-means++ start, Lloyd iterations, seeded)
+kmeans          SPC k-means centroids per class (scikit-learn's KMeans, seeded)
 geosketch       SPC x C cells chosen by geometric sketching of PCA features of all training cells
 reweight        SPC x C cells, equally many per class where the class has enough (re-weighting)
 dm_data         distribution matching directly in expression space (``generator='none'``)
@@ -188,8 +188,12 @@ def _synthetic_matrix(
 # Baselines
 
 
-def kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100) -> np.ndarray:
-    """``k`` k-means centroids of the rows of x (k-means++ start, Lloyd iterations).
+def kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) -> np.ndarray:
+    """``k`` k-means centroids of the rows of x: scikit-learn's ``KMeans`` (k-means++, 3 starts).
+
+    The same k-means, with the same settings, as the distillation's k-means start
+    (:func:`cellsynth.training.distill.kmeans_start`), so a distilled set is compared with the
+    centroids it started from.
 
     Parameters
     ----------
@@ -202,42 +206,17 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100) 
     Returns
     -------
     np.ndarray, float32, shape [k, G]
-        Cluster means; an empty cluster is moved to the point farthest from its centroid.
     """
+    from sklearn.cluster import KMeans
+
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if not 1 <= k <= n:
         raise DataError(f"cannot make {k} centroids from {n} cells")
     if k == 1:
         return x.mean(axis=0, keepdims=True).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    sq = (x * x).sum(axis=1)  # [n]
-
-    def dist2(c: np.ndarray) -> np.ndarray:  # [n, m] squared distances to centroids [m, G]
-        return np.maximum(sq[:, None] - 2.0 * x @ c.T + (c * c).sum(axis=1)[None, :], 0.0)
-
-    centres = [x[rng.integers(n)]]
-    closest = dist2(centres[0][None])[:, 0]  # [n]
-    for _ in range(1, k):
-        total = closest.sum()
-        i = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
-        centres.append(x[i])
-        closest = np.minimum(closest, dist2(x[i][None])[:, 0])
-    c = np.stack(centres)  # [k, G]
-    assign = np.full(n, -1)
-    for _ in range(max_iter):
-        d = dist2(c)  # [n, k]
-        new = d.argmin(axis=1)
-        if np.array_equal(new, assign):
-            break
-        assign = new
-        counts = np.bincount(assign, minlength=k)
-        for j in np.flatnonzero(counts == 0):  # refill an empty cluster with the worst-fit cell
-            far = int(d[np.arange(n), assign].argmax())
-            assign[far] = j
-            d[far] = 0.0
-        c = np.stack([x[assign == j].mean(axis=0) for j in range(k)])
-    return c.astype(np.float32)
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed, max_iter=max_iter).fit(x)
+    return km.cluster_centers_.astype(np.float32)
 
 
 class _Baselines:

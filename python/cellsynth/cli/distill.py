@@ -25,6 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["scdg", "decoder", "none"],
         help="scdg (scDD), decoder (no SCDG) or none (optimise expression directly)",
     )
+    p.add_argument(
+        "--init",
+        default="kmeans",
+        choices=["kmeans", "random"],
+        help="start from SPC k-means centroids per class, each matched to its own cluster "
+        "(default), or from SPC random cells matched to the class mean (the scDD paper's)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="optimiser steps (default 200)")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--t-star", type=int, default=None, help="SCDG single-step timestep")
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
         args.spc,
         match=args.match,
         generator=args.generator,
+        init=args.init,
         iterations=args.iterations,
         seed=args.seed,
         **options,
