@@ -21,6 +21,7 @@ instead draws counts with :meth:`CountAutoEncoder.decode_counts` and cellsynth's
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -451,6 +452,13 @@ def _fit(
     N = len(x)
     steps_per_epoch = -(-N // config.batch_size)
     epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))
+    if epochs > config.epochs and config.progress:
+        print(
+            f"cellsynth: {config.epochs} epochs are {config.epochs * steps_per_epoch} steps; "
+            f"training {epochs} epochs ({epochs * steps_per_epoch} steps, the minimum "
+            f"{config.min_steps}; early stopping may end it sooner)",
+            file=sys.stderr,
+        )
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))

@@ -573,6 +573,8 @@ class _Run:
         identity: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.config, self.validator = model, config, validator
+        if validator is not None and hasattr(validator, "progress"):
+            validator.progress = bool(config.progress)
         self.N = x.shape[0]
         self.device = device = resolve_device(config.device)
         self.amp_dtype = resolve_mixed_precision(config.mixed_precision, device)

@@ -120,6 +120,7 @@ class HeldOutValidator:
         self.keys = list(label_keys)
         self.schedule, self.prediction_type = schedule, prediction_type
         self.width, self.decode, self.steps, self.seed = int(width), decode, int(steps), int(seed)
+        self.progress = False  # the trainer turns it on with its own progress setting
 
     def sample(self, model: torch.nn.Module) -> np.ndarray:
         """Cells [n, G] (log-normalised) sampled by ``model`` with the held-out label mix."""
@@ -136,7 +137,14 @@ class HeldOutValidator:
         x = sched.init_noise(len(self.codes), self.width)  # [n, width]
         device = next(model.parameters()).device
         labels = torch.from_numpy(self.codes).to(device)
-        for t in sched.timesteps.tolist():
+        from tqdm.auto import tqdm
+
+        # A big model validates for minutes on a CPU: show the steps (gone when done).
+        steps = tqdm(
+            sched.timesteps.tolist(), desc="validating", unit="step", leave=False,
+            disable=not self.progress,
+        )  # fmt: skip
+        for t in steps:
             tt = torch.full((len(x),), int(t), dtype=torch.long, device=device)
             out = model(torch.from_numpy(x).to(device), tt, labels).float().cpu().numpy()
             sched.step(np.ascontiguousarray(out), t, x, out=x)

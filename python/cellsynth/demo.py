@@ -29,7 +29,8 @@ from cellsynth.bundle import load_bundle
 from cellsynth.files import atomic_path
 from cellsynth.generate import generate
 from cellsynth.heldout import held_out_cells
-from cellsynth.metrics import fit_pca, quick_summary
+from cellsynth.metrics import quick_summary
+from cellsynth.metrics.sound import fit_pca_randomized
 
 
 def run_demo(
@@ -50,6 +51,7 @@ def run_demo(
     both sides of every comparison hold the same mix; ``cells_per_group`` makes a balanced set
     instead (that many cells of every label combination the bundle knows).
     """
+    _say(progress, f"loading the model {bundle}")
     b = load_bundle(bundle)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,7 @@ def run_demo(
         n_cells = len(composition)
         mix = f"balanced: {cells_per_group} cells of each of {len(groups)} label combinations"
 
+    _say(progress, f"sampling {n_cells} cells (the engine is chosen first)")
     started = time.perf_counter()
     synthetic = generate(
         b,
@@ -167,7 +170,7 @@ def plot_overlay(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean, comps = fit_pca(real_x, 2)
+    mean, comps = fit_pca_randomized(real_x, 2)
     pr, ps = (real_x - mean) @ comps.T, (syn_x - mean) @ comps.T  # [n, 2], [m, 2]
     rows = max(1, len(keys))
     fig, axes = plt.subplots(

@@ -142,15 +142,16 @@ def generate(
     done_cells = sum(p["cells"][1] - p["cells"][0] for p in plan if p not in todo)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_cells, initial=done_cells, desc="sampling on ray", unit="cell",
-               disable=not progress, file=sys.stderr)  # fmt: skip
-    if progress:
+    if progress:  # before the bar, so the line is not written over it
         print(
             f"cellsynth: {shards} shards of ~{n_cells // shards} cells on Ray ({workers} at "
             f"once, {cpus} CPU and {gpus_per_worker:g} GPU each, {options['threads']} threads); "
             f"{shards - len(todo)} already done",
             file=sys.stderr,
+            flush=True,
         )
+    bar = tqdm(total=n_cells, initial=done_cells, desc="sampling on ray", unit="cell",
+               disable=not progress, file=sys.stderr)  # fmt: skip
     started = time.perf_counter()
     pending = {
         run_shard.remote(str(b.path), n_cells, p["index"], shards, str(parts_dir / p["file"]),

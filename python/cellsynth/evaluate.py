@@ -524,9 +524,17 @@ def _write(
 
     out.mkdir(parents=True, exist_ok=True)
     key = result["evaluation"]["label_key"]
-    figures, fig_notes = report_plots.write_all(
-        out, real, syn, real_labels, syn_labels, key, genes, seed, umap
-    )
+    import warnings
+
+    with warnings.catch_warnings():
+        # A class whose cells all share one value makes matplotlib warn about a zero-width
+        # axis; the figure is still right, and the warning means nothing to a reader.
+        warnings.filterwarnings(
+            "ignore", message="Attempting to set identical", module="matplotlib"
+        )
+        figures, fig_notes = report_plots.write_all(
+            out, real, syn, real_labels, syn_labels, key, genes, seed, umap
+        )
     result["evaluation"]["notes"] += fig_notes
     files = {name: str(path) for name, path in figures.items()}
     files["metrics.json"] = str(out / "metrics.json")

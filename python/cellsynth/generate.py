@@ -28,11 +28,12 @@ memory (:mod:`cellsynth.h5ad_stream`) under a temporary name, then renamed.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -318,13 +319,19 @@ def generate(
     var = b.var
     chunks = chunk_bounds(lo, hi, chunk_size)
     bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
+
+    def reached(position: float) -> None:  # global cell position -> the bar's count
+        bar.update(max(0, int(position) - lo - bar.n))
+
+    if progress:
+        run.progress = reached
     started = time.perf_counter()
     try:
         if out is None:
             blocks = []
             for start, stop in chunks:
                 blocks.append(run.chunk(codes, start, stop, counts))
-                bar.update(blocks[-1]["X"].shape[0])
+                reached(stop)
             provenance["seconds"] = round(time.perf_counter() - started, 3)
             X = sp.vstack([c["X"] for c in blocks], format="csr").astype(np.float32)
             layers = (
@@ -347,7 +354,7 @@ def generate(
                 reused += 1
             else:
                 store.save(start, stop, run.chunk(codes, start, stop, counts))
-            bar.update(stop - start)
+            reached(stop)
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         # A resumed run says so: its seconds cover only the chunks made this time.
         provenance["resumed_chunks"] = [int(reused), len(chunks)]
@@ -444,6 +451,9 @@ class _Run:
         self.step_options = {"eta": float(eta)} if scheduler == "ddim" else {}
         self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
         self.width = b.width  # G, or the latent width D
+        # Told the global position reached (cells, fractional within a batch) after every
+        # denoising step, so a progress bar moves even when one batch takes minutes.
+        self.progress: Callable[[float], None] | None = None
 
     def denoised(
         self, codes: LabelRuns, start: int, stop: int
@@ -455,8 +465,13 @@ class _Run:
             self.sched.set_timesteps(self.steps)  # also clears a multistep solver's history
             x_T = self.sched.init_noise(e - s, self.width, cell_offset=s)  # [B, G] or [B, D]
             null = np.broadcast_to(self.null, labels.shape).copy()  # [B, K]
+            on_step = None
+            if self.progress is not None:
+                on_step = functools.partial(
+                    _step_done, self.progress, s, e, len(self.sched.timesteps)
+                )
             x0 = self.denoiser.denoise(
-                self.sched, x_T, labels, null, self.guidance, s, self.step_options
+                self.sched, x_T, labels, null, self.guidance, s, self.step_options, on_step
             )  # [B, G] (or [B, D]) float32
             if not np.isfinite(x0).all():
                 raise DataError(
@@ -507,6 +522,11 @@ class _Run:
             "X": sp.vstack(xs, format="csr").astype(np.float32),
             "counts": sp.vstack(cs, format="csr").astype(np.int32),
         }
+
+
+def _step_done(report: Callable[[float], None], s: int, e: int, steps: int, done: int) -> None:
+    """Progress of cells s..e-1 after ``done`` of ``steps`` steps."""
+    report(s + (e - s) * done / steps)
 
 
 def _labels(

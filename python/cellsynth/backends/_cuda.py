@@ -351,12 +351,16 @@ class CudaDenoiser(Denoiser):
         guidance: float,
         cell_offset: int,
         step_options: Mapping[str, Any],
+        on_step: Any = None,
     ) -> np.ndarray:
-        """As :meth:`Denoiser.denoise`, over persistent device buffers (no per-step allocation)."""
+        """As :meth:`Denoiser.denoise` (``on_step`` is called once, at the end: a GPU batch is
+        quick), over persistent device buffers (no per-step allocation)."""
         guided, codes, timesteps = self._batch(x_T, labels, null_labels, guidance, scheduler)
         b = self._plain_buffers(len(x_T), guided, len(timesteps))
         self._fill_inputs(b, x_T, codes, timesteps, None)
         self._loop(scheduler, b, timesteps, guidance, cell_offset, step_options)
+        if on_step is not None:
+            on_step(len(timesteps))
         return b.x.copy_to_host()
 
     def _batch(self, x_T, labels, null_labels, guidance, scheduler):

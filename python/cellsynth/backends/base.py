@@ -15,7 +15,7 @@ the null labels, and the scheduler steps on ``uncond + g * (cond - uncond)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,6 +84,7 @@ class Denoiser(ABC):
         guidance: float,
         cell_offset: int,
         step_options: Mapping[str, Any],
+        on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Run one batch from x_T to x_0.
 
@@ -101,6 +102,8 @@ class Denoiser(ABC):
             Global index of the first cell (keys the per-step noise).
         step_options : dict
             Extra ``scheduler.step`` keywords (DDIM's ``eta``).
+        on_step : callable, optional
+            Called with the number of steps done after each step (progress on slow machines).
 
         Returns
         -------
@@ -112,12 +115,14 @@ class Denoiser(ABC):
         lab = self.to_native(np.ascontiguousarray(codes, dtype=np.int64))
         n_in = len(codes)
         with step_threads(self.step_threads):
-            for t in scheduler.timesteps.tolist():
+            for i, t in enumerate(scheduler.timesteps.tolist()):
                 out = self(self.twice(x) if guided else x, self.timesteps(t, n_in), lab)
                 if guided:
                     out = self.guide(out, guidance)  # [B, G]
                 # In place; the last step also truncates negatives to zero.
                 scheduler.step(out, t, x, cell_offset=cell_offset, out=x, **step_options)
+                if on_step is not None:
+                    on_step(i + 1)
         return self.to_host(x)
 
     def close(self) -> None:

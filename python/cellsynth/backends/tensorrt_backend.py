@@ -317,8 +317,10 @@ class TensorRTDenoiser(CudaDenoiser):
         guidance: float,
         cell_offset: int,
         step_options: Mapping[str, Any],
+        on_step: Any = None,
     ) -> np.ndarray:
-        """As :meth:`Denoiser.denoise`; replays a CUDA graph of the loop when it can."""
+        """As :meth:`Denoiser.denoise` (``on_step`` is called once, at the end: a GPU batch is
+        quick); replays a CUDA graph of the loop when it can."""
         guided, codes, timesteps = self._batch(x_T, labels, null_labels, guidance, scheduler)
         n_cells = len(x_T)
         n_in = 2 * n_cells if guided else n_cells
@@ -331,7 +333,7 @@ class TensorRTDenoiser(CudaDenoiser):
         )
         if plain:
             return super().denoise(
-                scheduler, x_T, labels, null_labels, guidance, cell_offset, step_options
+                scheduler, x_T, labels, null_labels, guidance, cell_offset, step_options, on_step
             )
         key = _graph_key(scheduler, n_cells, guided, guidance, timesteps, step_options, noise)
         entry = self._graphs.get(key)
@@ -354,7 +356,14 @@ class TensorRTDenoiser(CudaDenoiser):
                 )
             if entry is None:
                 return super().denoise(
-                    scheduler, x_T, labels, null_labels, guidance, cell_offset, step_options
+                    scheduler,
+                    x_T,
+                    labels,
+                    null_labels,
+                    guidance,
+                    cell_offset,
+                    step_options,
+                    on_step,
                 )
         self._graphs.move_to_end(key)
         b = entry.buffers
@@ -362,6 +371,8 @@ class TensorRTDenoiser(CudaDenoiser):
         entry.graph.launch(self._stream.handle)
         entry.launches += 1
         self.graph_launches += 1
+        if on_step is not None:
+            on_step(len(timesteps))
         return b.x.copy_to_host()
 
     def _capture(

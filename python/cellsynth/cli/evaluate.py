@@ -57,9 +57,11 @@ def run(args: argparse.Namespace) -> None:
         match_labels=not args.all_cells,
     )
     ev = result["evaluation"]
+    h = result["n_compared"]
     print(
-        f"compared {result['n_compared']} synthetic with {result['n_compared']} real cells "
-        f"on {ev['n_genes']} genes ({ev['seconds']} s)"
+        f"scored {h} synthetic against {h} real cells on {ev['n_genes']} genes "
+        f"({ev['seconds']} s); of the {result['n_real']} real cells, the others fit the PCA "
+        "and give the real-vs-real floor"
     )
     print(f"  {ev['cells_note']}")
     if not args.all_cells:  # what the label-mix matching did (or why it could not)

@@ -208,7 +208,11 @@ def _add_autoencoder(models: argparse._SubParsersAction) -> None:
         "--triplet-weight", type=float, default=0.0, help="weight of the label triplet term"
     )
     ae.add_argument(
-        "--epochs", type=int, default=None, help="default: 150 (nb/zinb; early stopping), 30 (mse)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: 150 (nb/zinb; early stopping), 30 (mse); nb/zinb always take at least "
+        "2,000 steps (more epochs on a small data set; it says so)",
     )
     ae.add_argument(
         "--batch-size", type=int, default=None, help="default: 128 (nb/zinb), 256 (mse)"
@@ -242,7 +246,8 @@ def _add_scdg(models: argparse._SubParsersAction) -> None:
         "--epochs",
         type=int,
         default=None,
-        help="default: 100, more on small data sets (at least 3,000 steps)",
+        help="default: 100 epochs, more on a small data set so that a default run takes at "
+        "least 3,000 steps; a given --epochs is used as given",
     )
     scdg.add_argument("--batch-size", type=int, default=256)
     scdg.add_argument("--learning-rate", type=float, default=1e-3)

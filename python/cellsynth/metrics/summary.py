@@ -64,7 +64,9 @@ def quick_summary(
         "r_gene_zero_fractions": _pearson((real == 0).mean(0), (synthetic == 0).mean(0)),
     }
     if real_labels:
-        mean, comps = fit_pca(real, n_components)
+        from cellsynth.metrics.sound import fit_pca_randomized  # ~20x faster than exact SVD
+
+        mean, comps = fit_pca_randomized(real, n_components)
         pr, ps = (real - mean) @ comps.T, (synthetic - mean) @ comps.T
         for key, r_lab in real_labels.items():
             r_lab = np.asarray(r_lab).astype(str)
