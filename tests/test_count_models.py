@@ -61,7 +61,9 @@ def _expected_log1p_reference(mu: float, theta: float, scale: float) -> float:
     ("mu_range", "tolerance"), [((-6, np.log(5)), 1e-3), ((np.log(5), np.log(1000)), 0.25)]
 )
 def test_expected_log1p_matches_a_float64_sum_on_fresh_inputs(mu_range, tolerance) -> None:
-    rng = np.random.default_rng()
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}")  # shown with a failure, to reproduce it
+    rng = np.random.default_rng(seed)
     n = 100
     mu = np.exp(rng.uniform(*mu_range, n))
     theta = np.exp(rng.uniform(np.log(0.1), np.log(100), n))

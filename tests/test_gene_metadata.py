@@ -81,7 +81,9 @@ def test_var_round_trips_through_json_with_its_dtypes(tmp_path):
     back = read_var(tmp_path / "var.json", genes)
     assert back["flag"].dtype == bool and back["count"].dtype == np.int64
     assert back["score"].iloc[0] == 0.5 and np.isnan(back["score"].iloc[1:]).all()
-    assert list(back["ids"]) == ["x", None, "z"]
+    # a string column with missing values comes back as a category (h5ad stores no None)
+    assert isinstance(back["ids"].dtype, pd.CategoricalDtype)
+    assert back["ids"].isna().tolist() == [False, True, False] and back["ids"].iloc[2] == "z"
     assert isinstance(back["chrom"].dtype, pd.CategoricalDtype)
     with pytest.raises(BundleError, match="other genes"):
         read_var(tmp_path / "var.json", ["a", "c", "b"])
@@ -112,9 +114,33 @@ def test_a_trained_bundle_keeps_var_and_generate_writes_it(tiny_bundle, tmp_path
 
 def test_a_latent_bundle_takes_its_autoencoders_var(tiny_scdg_bundle):
     b = load_bundle(tiny_scdg_bundle)
-    assert not (b.path / VAR_FILE).exists()
-    pd.testing.assert_frame_equal(b.var, b.autoencoder.var)
-    assert "highly_variable_rank" in b.var.columns
+    assert not (b.path / VAR_FILE).exists() and (b.path / "autoencoder" / VAR_FILE).is_file()
+    assert list(b.var.index) == b.genes and "highly_variable_rank" in b.var.columns
+    cells = cellsynth.generate(tiny_scdg_bundle, n_cells=4, steps=2, progress=False)
+    pd.testing.assert_frame_equal(cells.var, b.var)
+
+
+def test_awkward_input_columns_survive_into_a_written_h5ad(make_toy, tmp_path):
+    # anndata cannot write a column named like the index ('gene') nor None in a string array
+    from conftest import TINY_TRAINING
+
+    from cellsynth.training.train_dit import train_dit_bundle
+
+    adata = make_toy(n_cells=200, n_genes=60)
+    adata.var["gene"] = [f"ENSG{j}" for j in range(adata.n_vars)]
+    adata.var["note"] = pd.Series(["a", None] * 30, index=adata.var_names, dtype=object)
+    adata.var["chrom"] = pd.Categorical(["1", np.nan] * 30)
+    bundle = train_dit_bundle(
+        adata, ["cell_type"], tmp_path / "b", n_top_genes=40, **{**TINY_TRAINING, "epochs": 1}
+    )
+    var = load_bundle(bundle).var
+    assert {"gene_input", "note", "chrom"} <= set(var.columns) and "gene" not in var.columns
+    assert isinstance(var["chrom"].dtype, pd.CategoricalDtype)
+    out = tmp_path / "cells.h5ad"
+    cellsynth.generate(bundle, n_cells=4, steps=2, out=out, progress=False)
+    back = ad.read_h5ad(out).var
+    assert list(back["gene_input"]) == list(var["gene_input"])
+    assert back["note"].isna().sum() == var["note"].isna().sum() > 0
 
 
 @pytest.mark.parametrize("name", ["kang-dit", "kang-scdg"])

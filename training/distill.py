@@ -342,6 +342,14 @@ def initial_cells(task: Task, spc: int, seed: int) -> np.ndarray:
     return np.concatenate(chosen)
 
 
+def fit_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int = 300) -> Any:
+    """scikit-learn's KMeans (k-means++, 3 starts, seeded) on float64 rows [n, G]: the one
+    k-means of the distillation's start and of distill-eval's ``kmeans`` baseline."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=3, random_state=seed, max_iter=max_iter).fit(x)
+
+
 def kmeans_start(task: Task, spc: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
     """SPC k-means centroids per class in expression space (class-major).
 
@@ -354,8 +362,6 @@ def kmeans_start(task: Task, spc: int, seed: int) -> tuple[np.ndarray, np.ndarra
     members : list of int arrays
         Training-cell indices of each centroid's cluster.
     """
-    from sklearn.cluster import KMeans
-
     centroids, nearest, members = [], [], []
     for c, name in enumerate(task.classes):
         idx = task.class_indices(c)
@@ -364,8 +370,8 @@ def kmeans_start(task: Task, spc: int, seed: int) -> tuple[np.ndarray, np.ndarra
                 f"SPC {spc} is larger than class {name!r} of {task.label!r}, which has "
                 f"{len(idx)} training cells; lower --spc"
             )
-        x = task.x_train[idx]
-        km = KMeans(n_clusters=spc, n_init=3, random_state=seed).fit(x)
+        x = task.x_train[idx].astype(np.float64)
+        km = fit_kmeans(x, spc, seed)
         for j in range(spc):
             inside = np.flatnonzero(km.labels_ == j)
             if inside.size == 0:  # k-means can leave a cluster empty on duplicated cells
@@ -503,15 +509,16 @@ def distill(
     task : Task, optional
         An already loaded task (skips re-preparing the data).
     **options
-        Other :class:`DistillConfig` fields (``learning_rate``, ``t_star``, ``real_batch``,
-        ``chunk_size``).
+        Other :class:`DistillConfig` fields (``init``, ``learning_rate``, ``t_star``,
+        ``real_batch``, ``chunk_size``).
 
     Returns
     -------
     AnnData
         ``X`` float32 [C * spc, G] log-normalised expression; ``obs[label]`` the class;
-        ``obs['init_cell']`` the real cell each started from; ``uns['cellsynth']`` (command
-        'distill') provenance and the loss history.
+        ``obs['init_cell']`` the real cell each started from (with the k-means start, the
+        training cell nearest its centroid, whose labels condition the SCDG);
+        ``uns['cellsynth']`` (command 'distill') provenance and the loss history.
     """
     started = time.perf_counter()
     if task is None:

@@ -207,7 +207,7 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) 
     -------
     np.ndarray, float32, shape [k, G]
     """
-    from sklearn.cluster import KMeans
+    from cellsynth.training.distill import fit_kmeans
 
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
@@ -215,8 +215,7 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) 
         raise DataError(f"cannot make {k} centroids from {n} cells")
     if k == 1:
         return x.mean(axis=0, keepdims=True).astype(np.float32)
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed, max_iter=max_iter).fit(x)
-    return km.cluster_centers_.astype(np.float32)
+    return fit_kmeans(x, k, seed, max_iter).cluster_centers_.astype(np.float32)
 
 
 class _Baselines:

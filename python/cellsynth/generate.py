@@ -470,8 +470,10 @@ class _Run:
                 on_step = functools.partial(
                     _step_done, self.progress, s, e, len(self.sched.timesteps)
                 )
+            # on_step only when set: a Denoiser written before it existed still works
+            extra = {} if on_step is None else {"on_step": on_step}
             x0 = self.denoiser.denoise(
-                self.sched, x_T, labels, null, self.guidance, s, self.step_options, on_step
+                self.sched, x_T, labels, null, self.guidance, s, self.step_options, **extra
             )  # [B, G] (or [B, D]) float32
             if not np.isfinite(x0).all():
                 raise DataError(

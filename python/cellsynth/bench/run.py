@@ -206,9 +206,12 @@ def _fidelity(
             composition=composition,
             progress=False,
         )
+        # The synthetic cells already follow the real cells' label mix; matching would only
+        # shrink the scored set and break comparison with earlier bench runs.
         report = evaluate(
-            real_ad, synthetic, label_key=keys[0] if keys else None, seed=seed, progress=False
-        )
+            real_ad, synthetic, label_key=keys[0] if keys else None, seed=seed, progress=False,
+            match_labels=False,
+        )  # fmt: skip
         metrics = {
             name: {k: report["metrics"][name].get(k) for k in ("value", "floor")}
             for name in FIDELITY_METRICS

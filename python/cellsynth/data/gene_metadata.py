@@ -13,7 +13,8 @@ Columns, in this order:
   ``scanpy.pp.calculate_qc_metrics`` writes them).
 
 Where the input already has a column of one of these names, the input's column is kept: it is
-the user's metadata and says what they meant by it.
+the user's metadata and says what they meant by it. An input column named ``gene`` or ``_index``
+(which anndata cannot write beside this index) is kept as ``gene_input`` / ``_index_input``.
 
 On disk (``var.json`` of a bundle): the gene order and each column's dtype and values, so bool,
 integer, float and string columns come back as they were; other dtypes are written as strings.
@@ -35,6 +36,7 @@ from cellsynth.errors import BundleError
 VAR_FORMAT = "cellsynth-var"
 VAR_FORMAT_VERSION = 1
 INDEX_NAME = "gene"
+RESERVED_NAMES = (INDEX_NAME, "_index")  # column names anndata cannot write beside this index
 
 
 def gene_metadata(
@@ -84,7 +86,9 @@ def gene_metadata(
     }
     var = pd.DataFrame(index=pd.Index([str(g) for g in input_var.index], name=INDEX_NAME))
     for name in input_var.columns:
-        var[str(name)] = input_var[name].to_numpy()
+        # anndata refuses a column named like the index ('gene') or its reserved '_index'.
+        target = f"{name}_input" if str(name) in RESERVED_NAMES else str(name)
+        var[target] = input_var[name].array  # .array keeps categorical / nullable dtypes
     for name, values in computed.items():
         if name not in var.columns:
             var[name] = values
@@ -150,6 +154,8 @@ def var_from_dict(d: Any, genes: list[str], where: str) -> pd.DataFrame:
             var[name] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
         elif dtype == "category":
             var[name] = pd.Categorical(values)
+        elif dtype == "str" and any(v is None for v in values):
+            var[name] = pd.Categorical(values)  # h5ad cannot store None in a string array
         elif dtype == "str":
             var[name] = pd.array(values, dtype=object)
         else:

@@ -223,7 +223,9 @@ def prepare(
     chosen = qc_genes[picked]
     dense = lognorm[:, chosen].toarray()
     chosen_counts = sp.csr_matrix(x[:, chosen], dtype=np.float32)
-    var = gene_metadata(input_var.iloc[chosen], chosen_counts[train], dense[train], scores[picked])
+    var = gene_metadata(  # sparse: expm1 touches only the non-zeros
+        input_var.iloc[chosen], chosen_counts[train], lognorm[train][:, chosen], scores[picked]
+    )
     totals = library_sizes(x)
 
     record = PreprocessingRecord(
