@@ -327,17 +327,23 @@ def chunked_gradient(
     return float(loss.detach()), grad
 
 
+def _class_cells(task: Task, c: int, spc: int) -> np.ndarray:
+    """Training-cell indices of class ``c``, refused when the class has fewer than SPC cells."""
+    idx = task.class_indices(c)
+    if spc > len(idx):
+        raise DataError(
+            f"SPC {spc} is larger than class {task.classes[c]!r} of {task.label!r}, which has "
+            f"{len(idx)} training cells; lower --spc"
+        )
+    return idx
+
+
 def initial_cells(task: Task, spc: int, seed: int) -> np.ndarray:
     """Indices [C * spc] of the real training cells the parameters start from (class-major)."""
     rng = np.random.default_rng(seed)
     chosen = []
-    for c, name in enumerate(task.classes):
-        idx = task.class_indices(c)
-        if spc > len(idx):
-            raise DataError(
-                f"SPC {spc} is larger than class {name!r} of {task.label!r}, which has "
-                f"{len(idx)} training cells; lower --spc"
-            )
+    for c in range(len(task.classes)):
+        idx = _class_cells(task, c, spc)
         chosen.append(np.sort(rng.choice(idx, size=spc, replace=False)))
     return np.concatenate(chosen)
 
@@ -363,13 +369,8 @@ def kmeans_start(task: Task, spc: int, seed: int) -> tuple[np.ndarray, np.ndarra
         Training-cell indices of each centroid's cluster.
     """
     centroids, nearest, members = [], [], []
-    for c, name in enumerate(task.classes):
-        idx = task.class_indices(c)
-        if spc > len(idx):
-            raise DataError(
-                f"SPC {spc} is larger than class {name!r} of {task.label!r}, which has "
-                f"{len(idx)} training cells; lower --spc"
-            )
+    for c in range(len(task.classes)):
+        idx = _class_cells(task, c, spc)
         x = task.x_train[idx].astype(np.float64)
         km = fit_kmeans(x, spc, seed)
         for j in range(spc):
