@@ -9,9 +9,9 @@ decoder-only) and on the full training set, and test them on the real held-out s
 distillation.md (one table, the goals checked beside it), distillation.png and, per run, the
 evaluation's own report in distillation/<label>_spc<N>/.
 
-Goals (printed, never asserted): logistic regression, cell type SPC=1 >= 0.93 and SPC=10 >= 0.95,
-stim SPC=1 >= 0.97; MLP and transformer within 3 points of logistic regression; SPC=1
-distillation of the 8 cell types in under 10 minutes on 2 CPU cores.
+Goals (printed, never asserted): logistic regression on the distilled set at least 0.01 above the
+better of one class-mean cell per class and SPC k-means centroids, at every SPC; accuracy never
+falling as SPC grows; MLP and transformer within 3 points of logistic regression on it.
 
     python benchmarks/distillation.py --out benchmarks/results
 """
@@ -32,7 +32,7 @@ from cellsynth.training.distill import distill
 from cellsynth.training.distill_data import load_task
 from cellsynth.training.distill_eval import CLASSIFIER_NAMES, evaluate_distilled, write_report
 
-GOALS = {("cell_type", 1): 0.93, ("cell_type", 10): 0.95, ("stim", 1): 0.97}
+MARGIN = 0.01  # over max(class_mean, kmeans), logistic regression
 ROWS = ("distilled", "class_mean", "random", "kmeans", "geosketch", "reweight", "dm_data",
         "dc_data", "decoder", "full")  # fmt: skip
 
@@ -114,18 +114,26 @@ def markdown(res: dict) -> str:
     lines += [f"- {r['label']} SPC={r['spc']}: {r['distill_seconds']} s" for r in res["runs"]]
     lines += ["", "Goals:", ""]
     for run in res["runs"]:
-        goal = GOALS.get((run["label"], run["spc"]))
         lr = _acc(run, "distilled", "logreg")
-        if goal is not None:
-            verdict = "met" if lr >= goal else "missed"
-            lines.append(
-                f"- {run['label']} SPC={run['spc']}: LR {lr:.3f} (goal >= {goal}): {verdict}"
-            )
+        bar = max(_acc(run, "class_mean", "logreg"), _acc(run, "kmeans", "logreg"))
+        verdict = "met" if lr >= bar + MARGIN else "missed"
+        lines.append(
+            f"- {run['label']} SPC={run['spc']}: LR {lr:.3f} vs max(class_mean, kmeans) "
+            f"{bar:.3f} (goal >= +{MARGIN}): {lr - bar:+.3f}, {verdict}"
+        )
         gaps = [lr - _acc(run, "distilled", k) for k in ("mlp", "transformer")]
         verdict = "met" if max(gaps) <= 0.03 else "missed"
         lines.append(
             f"- {run['label']} SPC={run['spc']}: LR - MLP {gaps[0]:+.3f}, LR - transformer "
             f"{gaps[1]:+.3f} (goal <= 0.03): {verdict}"
+        )
+    for label in dict.fromkeys(r["label"] for r in res["runs"]):
+        runs = sorted((r for r in res["runs"] if r["label"] == label), key=lambda r: r["spc"])
+        accs = [_acc(r, "distilled", "logreg") for r in runs]
+        rising = all(b >= a for a, b in zip(accs, accs[1:], strict=False))
+        shown = " / ".join(f"{a:.3f}" for a in accs)
+        lines.append(
+            f"- {label}: LR by SPC {shown} (goal: never falling): {'met' if rising else 'missed'}"
         )
     return "\n".join(lines) + "\n"
 
