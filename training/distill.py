@@ -399,18 +399,19 @@ class Distiller:
         self.real_means = torch.stack([f.mean(0) for f in self.real_by_class])  # [C, D]
         if config.init == "kmeans":
             start, self.init_idx, members = kmeans_start(task, config.spc, config.seed)
-            # DM target of each synthetic cell: the mean feature of its own cluster [n, D]
-            self.dm_groups = torch.arange(len(self.init_idx))
-            self.dm_targets = torch.stack([feats[m].mean(0) for m in members])
         else:
             self.init_idx = initial_cells(task, config.spc, config.seed)  # [C * spc]
-            start = task.x_train[self.init_idx]
-            self.dm_groups, self.dm_targets = None, self.real_means
+            start, members = task.x_train[self.init_idx], None
         self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
         self.cond = torch.as_tensor(task.cond_train[self.init_idx])  # [n, K]
         self.params = self.gen.initial(start)  # [n, P]
-        if self.dm_groups is None:
-            self.dm_groups = self.labels
+        # DM targets: each synthetic cell's own cluster mean [n, D] with the k-means start,
+        # else the mean of its class [C, D].
+        if members is not None:
+            self.dm_groups = torch.arange(len(self.init_idx))
+            self.dm_targets = torch.stack([feats[m].mean(0) for m in members])
+        else:
+            self.dm_groups, self.dm_targets = self.labels, self.real_means
 
     def noise(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """SCDG noise [n, D] for the parameters (None for other generators); from ``self.rng``

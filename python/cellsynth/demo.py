@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from cellsynth.generate import generate
 from cellsynth.heldout import held_out_cells
 from cellsynth.metrics import quick_summary
 from cellsynth.metrics.sound import fit_pca_randomized
+from cellsynth.stages import say_stage
 
 
 def run_demo(
@@ -51,7 +51,7 @@ def run_demo(
     both sides of every comparison hold the same mix; ``cells_per_group`` makes a balanced set
     instead (that many cells of every label combination the bundle knows).
     """
-    _say(progress, f"loading the model {bundle}")
+    say_stage(f"loading the model {bundle}", progress)
     b = load_bundle(bundle)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run_demo(
 
     # The real cells first: a missing data package should fail before minutes of sampling.
     data_name = b.config.get("training", {}).get("data", "kang")
-    _say(progress, f"reading the real held-out cells of {data_name}")
+    say_stage(f"reading the real held-out cells of {data_name}", progress)
     real_x, real_obs = held_out_cells(b, datasets.load(data_name))
     if cells_per_group is None:
         composition = real_obs[spec.keys].astype(str)
@@ -76,7 +76,7 @@ def run_demo(
         n_cells = len(composition)
         mix = f"balanced: {cells_per_group} cells of each of {len(groups)} label combinations"
 
-    _say(progress, f"sampling {n_cells} cells (the engine is chosen first)")
+    say_stage(f"sampling {n_cells} cells (the engine is chosen first)", progress)
     started = time.perf_counter()
     synthetic = generate(
         b,
@@ -96,7 +96,7 @@ def run_demo(
     syn_obs = synthetic.obs.copy()
     synthetic.file.close()
 
-    _say(progress, f"comparing {len(syn_x)} synthetic with {len(real_x)} real held-out cells")
+    say_stage(f"comparing {len(syn_x)} synthetic with {len(real_x)} real held-out cells", progress)
     summary = quick_summary(
         real_x,
         syn_x,
@@ -115,7 +115,7 @@ def run_demo(
     )
     with atomic_path(out / "fidelity.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    _say(progress, "drawing the figure")
+    say_stage("drawing the figure", progress)
     caption = _caption(summary, spec.keys, mix)
     png = plot_overlay(real_x, real_obs, syn_x, syn_obs, list(spec.keys), out / "demo.png", caption)
     return {
@@ -125,11 +125,6 @@ def run_demo(
         "summary": summary,
         "seconds": seconds,
     }
-
-
-def _say(progress: bool, what: str) -> None:
-    if progress:
-        print(f"cellsynth: {what} ...", file=sys.stderr, flush=True)
 
 
 def _caption(summary: dict[str, Any], keys: list[str], mix: str) -> str:

@@ -394,7 +394,7 @@ def evaluate(
                 + (f" (Held-out split not used: {held}.)" if isinstance(held, str) else "")
             )
         n_real_cells, n_syn_cells = len(real_dense), len(syn_dense)
-        match = None
+        match, match_note = None, None
         if match_labels:
             match, match_note = _match(real_obs, syn_obs, keys, seed)
             notes.append(match_note)
@@ -443,6 +443,7 @@ def evaluate(
                 },
                 "held_out": isinstance(held, tuple),
                 "cells_note": cells_note,
+                "label_match_note": match_note,
                 "label_match": None
                 if match is None
                 else {

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> None:
         "and give the real-vs-real floor"
     )
     print(f"  {ev['cells_note']}")
-    if not args.all_cells:  # what the label-mix matching did (or why it could not)
-        print(f"  {next(n for n in ev['notes'] if n.startswith(('Compared like', 'Label mix')))}")
+    if ev["label_match_note"]:  # what the label-mix matching did (or why it could not)
+        print(f"  {ev['label_match_note']}")
     print(f"  {'metric':<28} {'value':>11}  {'floor':>11}  {'ratio':>9}")
     for name in KEY_METRICS:
         m = result["metrics"][name]

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> None:
     from cellsynth.data.validate import validate_labels
     from cellsynth.errors import DataError
     from cellsynth.files import check_output, write_h5ad
+    from cellsynth.stages import say_stage
     from cellsynth.subsample import diversity, pca_features, resolve_size, select_indices
     from cellsynth.subsample.selection import take_cells
     from cellsynth.subsample.strategies import STRATEGIES
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
     if (args.n is None) == (args.fraction is None):
         raise DataError("Give exactly one of --n (a number of cells) and --fraction (0 < F <= 1).")
     check_output(args.out, args.overwrite)
-    _say(f"reading {args.data}")
+    say_stage(f"reading {args.data}")
     adata = datasets.load(args.data)
     # Cheap checks first, so a bad request fails before the PCA of a large data set.
     resolve_size(adata.n_obs, args.n, args.fraction)
@@ -86,9 +87,9 @@ def run(args: argparse.Namespace) -> None:
         validate_labels(adata.obs, [args.label])
     # One PCA of all cells serves geosketch and both Vendi scores, so before and after are
     # measured in the same space and can be compared.
-    _say(f"PCA of the {adata.n_obs} cells")
+    say_stage(f"PCA of the {adata.n_obs} cells")
     features = pca_features(adata)
-    _say(f"selecting cells by {args.strategy}")
+    say_stage(f"selecting cells by {args.strategy}")
     idx = select_indices(
         adata, args.strategy, args.n, args.fraction, args.label, args.seed, features=features
     )
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
     write_h5ad(out, args.out, overwrite=args.overwrite)
 
     labels = adata.obs[args.label].to_numpy().astype(str) if args.label else None
-    _say("scoring the diversity of all cells and of the selection")
+    say_stage("scoring the diversity of all cells and of the selection")
     before = diversity(features, labels=labels)
     after = diversity(features[idx], labels=None if labels is None else labels[idx])
     print(f"selected {len(idx)} of {adata.n_obs} cells by {args.strategy} (seed {args.seed})")
@@ -115,10 +116,3 @@ def run(args: argparse.Namespace) -> None:
     print("  " + _diversity_line("all", before))
     print("  " + _diversity_line("selected", after))
     print(f"wrote {out.n_obs} cells x {out.n_vars} genes to {args.out}")
-
-
-def _say(what: str) -> None:
-    """A stage line on stderr, so a long stage is not a silent one."""
-    import sys
-
-    print(f"cellsynth: {what} ...", file=sys.stderr, flush=True)

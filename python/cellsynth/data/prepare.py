@@ -85,12 +85,9 @@ def _label_codes(obs: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, dict[s
     return codes, vocabularies
 
 
-def _input_var(adata: ad.AnnData, genes: np.ndarray, source: str) -> pd.DataFrame:
+def _input_var(adata: ad.AnnData, source: str) -> pd.DataFrame:
     """The input's gene metadata, one row per column of the counts (``raw`` has its own var)."""
-    var = adata.raw.var if source == "raw" else adata.var
-    if len(var) != len(genes):  # cannot happen with extract_counts' names; be safe, not wrong
-        return pd.DataFrame(index=pd.Index(np.asarray(genes, dtype=str)))
-    return var
+    return adata.raw.var if source == "raw" else adata.var
 
 
 def _check_options(
@@ -180,7 +177,7 @@ def prepare(
     _check_options(gene_selection, n_top_genes, target_sum, zero_value, max_cells)
     validate_labels(adata.obs, keys)
     x, genes, source = extract_counts(adata, counts)
-    input_var = _input_var(adata, genes, source)
+    input_var = _input_var(adata, source)
     cells = adata.obs_names
     obs = adata.obs[keys]
     n_input = x.shape[0]

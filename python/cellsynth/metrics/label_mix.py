@@ -9,9 +9,9 @@ kNN AUC of 0.99 however good the B cells are.
 on both sides, ``min(real cells, synthetic cells)`` of that combination, drawn at random without
 replacement. Both sides then hold one mix (the combinations they share, each as often as the
 scarcer side allows) and as many cells as that allows. Combinations found on one side only are
-dropped and counted. Without replacement because a repeated real cell is its own nearest
-neighbour, which would flatter a kNN test; reweighting is not used because the metrics take no
-weights.
+dropped (the synthetic cells so dropped are counted). Without replacement because a repeated
+real cell is its own nearest neighbour, which would flatter a kNN test; reweighting is not used
+because the metrics take no weights.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class LabelMatch:
     synthetic_rows: np.ndarray
     keys: list[str]
     combinations: int
-    dropped_real: int
     dropped_synthetic: int
 
     def describe(self, n_real: int, n_synthetic: int) -> str:
@@ -97,6 +96,5 @@ def match_label_mix(
         synthetic_rows=np.sort(np.concatenate(syn_rows)) if syn_rows else empty,
         keys=list(keys),
         combinations=len(shared),
-        dropped_real=int((~np.isin(real_codes, shared)).sum()),
         dropped_synthetic=int((~np.isin(syn_codes, shared)).sum()),
     )
