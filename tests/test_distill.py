@@ -120,7 +120,10 @@ def test_models_stay_frozen(task) -> None:
 
 @pytest.mark.parametrize("generator", ["scdg", "decoder"])
 def test_distillation_lowers_the_loss_and_beats_random_codes(task, generator) -> None:
-    run = Distiller(task, DistillConfig(spc=3, match="dm", generator=generator, iterations=60))
+    # From random cells (the paper's start), far from the class means: the 0.8 factor below was
+    # set for it; a k-means start begins near its targets (checked after).
+    config = DistillConfig(spc=3, match="dm", generator=generator, iterations=60, init="random")
+    run = Distiller(task, config)
     start = run.matching_loss()
     random_codes = torch.randn(run.params.shape, generator=torch.Generator().manual_seed(9))
     random_codes *= run.params.norm(dim=1, keepdim=True) / random_codes.norm(dim=1, keepdim=True)
@@ -129,6 +132,10 @@ def test_distillation_lowers_the_loss_and_beats_random_codes(task, generator) ->
     assert end < 0.8 * start
     assert end < run.matching_loss(random_codes)
     assert history[-1] < history[0]
+    kmeans = Distiller(task, DistillConfig(spc=3, match="dm", generator=generator, iterations=60))
+    before = kmeans.matching_loss()
+    kmeans.run(progress=False)
+    assert kmeans.matching_loss() < before
 
 
 def test_kmeans_start_covers_each_class_with_its_clusters(task) -> None:
