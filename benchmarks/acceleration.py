@@ -28,7 +28,7 @@ import numpy as np
 from _machine import machine
 
 import cellsynth
-from cellsynth.heldout import held_out_cells
+from cellsynth.bundle.heldout import held_out_cells
 from cellsynth.metrics import compute_metrics
 
 # (label, scheduler, steps); DDPM runs all T steps.

@@ -84,8 +84,8 @@ import torch
 from _machine import machine as base_machine
 
 import cellsynth
-from cellsynth.bundle import SHIPPED_DIR, Bundle, load_bundle
-from cellsynth.conditions import assign_labels
+from cellsynth.bundle.load import SHIPPED_DIR, Bundle, load_bundle
+from cellsynth.generation.conditions import assign_labels
 from cellsynth.scheduler import scheduler_for_bundle
 
 T_TRAIN = 1000
@@ -449,8 +449,8 @@ def random_bundle(
     schedule : NoiseSchedule, optional
         Default: the standard linear 1e-4..0.02 over 1000 steps.
     """
-    from cellsynth.bundle import save_bundle
-    from cellsynth.schedules import NoiseSchedule
+    from cellsynth.bundle.load import save_bundle
+    from cellsynth.scheduler.schedules import NoiseSchedule
     from cellsynth.training.dit import build_dit
 
     with torch.random.fork_rng(devices=[]):
@@ -475,7 +475,7 @@ def small_bundle(path: Path | None, tmp: Path, seed: int) -> tuple[Bundle, str]:
     random weights on the Kang genes and labels (2000 cells prepared, 2000 HVG)."""
     if path is not None and (path / "config.json").is_file():
         return load_bundle(path), f"{path}"
-    from cellsynth.bundle import LabelSpec
+    from cellsynth.bundle.load import LabelSpec
     from cellsynth.data import prepare
 
     prepared = prepare(cellsynth.datasets.kang(), ["cell_type", "stim"], max_cells=2000, seed=seed)
@@ -496,7 +496,7 @@ def paper_bundle(like: Bundle, tmp: Path, seed: int) -> Bundle:
 def with_onnx(bundle: Bundle, precisions: Sequence[str], tmp: Path) -> tuple[Bundle, dict]:
     """The bundle with ONNX exports of ``precisions`` (exported into a copy under ``tmp`` when
     the bundle lies elsewhere and lacks them); returns it and {precision: None or why not}."""
-    from cellsynth.exports import export_entry
+    from cellsynth.bundle.exports import export_entry
 
     missing = [p for p in precisions if export_entry(bundle, "onnx", p) is None]
     problems: dict[str, str | None] = {p: None for p in precisions}

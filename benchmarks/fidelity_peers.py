@@ -52,7 +52,7 @@ from peers import IndependentNBPeer, ScviPeer, combination
 
 import cellsynth
 from cellsynth.data import extract_counts, prepare, renormalize_log1p
-from cellsynth.evaluate import strict_json
+from cellsynth.evaluation.evaluate import strict_json
 from cellsynth.metrics import compute_metrics
 
 #: label keys and held-out fraction per data set (wu2020 has 200 cells: half are held out so the
@@ -224,7 +224,7 @@ class BundleGenerator:
 
 def _check_same_split(bundle, split: Split) -> None:
     """The bundle must have been trained on the benchmark's training cells and genes."""
-    from cellsynth.heldout import held_out_cells
+    from cellsynth.bundle.heldout import held_out_cells
 
     if list(bundle.genes) != split.genes:
         raise SystemExit(f"{bundle.path}: its genes are not the benchmark's genes")

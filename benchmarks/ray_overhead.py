@@ -2,10 +2,10 @@
 
 Both generate the same ``--cells`` of a bundle (default kang-dit, DPM-Solver++ 10 steps, batch 512,
 seed 0) and write them to an .h5ad: one process with ``--threads`` threads, and
-``cellsynth.distributed.generate`` on a local Ray cluster of ``--threads`` CPUs with ``--workers``
-workers of ``threads / workers`` threads each (shards merged into one file). It checks that the two
-files hold the same cells (bit for bit) and reports the wall times, the overhead of Ray and the
-cost per million cells. Writes ray_overhead.json and ray_overhead.md.
+``cellsynth.generation.distributed.generate`` on a local Ray cluster of ``--threads`` CPUs
+with ``--workers`` workers of ``threads / workers`` threads each (shards merged into one file).
+It checks that the two files hold the same cells (bit for bit) and reports the wall times, the
+overhead of Ray and the cost per million cells. Writes ray_overhead.json and ray_overhead.md.
 
     python benchmarks/ray_overhead.py --cells 100000 --workers 2 --threads 2
 """
@@ -25,7 +25,7 @@ import ray
 from _machine import machine
 
 import cellsynth
-from cellsynth import distributed
+from cellsynth.generation import distributed
 
 GOAL_OVERHEAD = 0.10
 

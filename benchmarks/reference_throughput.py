@@ -15,14 +15,15 @@ import statistics
 import time
 from pathlib import Path
 
+import _tests_path  # noqa: F401  (tests/ on sys.path for reference_sampler)
 import torch
 from _machine import machine
+from reference_sampler import sample
 
 import cellsynth
 from cellsynth.data import prepare, zero_negate
-from cellsynth.schedules import NoiseSchedule
+from cellsynth.scheduler.schedules import NoiseSchedule
 from cellsynth.training.dit import build_dit
-from cellsynth.training.sampler import sample
 from cellsynth.training.trainer import TrainConfig, train
 
 

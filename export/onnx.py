@@ -49,13 +49,13 @@ from cellsynth.backends.onnxruntime_backend import (
     OUTPUT_NAME,
     open_session,
 )
-from cellsynth.bundle import WEIGHT_FILES, Bundle, load_bundle
+from cellsynth.bundle.exports import ONNX_PRECISIONS, export_entry, record_export
+from cellsynth.bundle.load import WEIGHT_FILES, Bundle, load_bundle
 from cellsynth.errors import BundleError
 from cellsynth.export import parity
 from cellsynth.export.ort_fusion import fuse_for_onnxruntime
 from cellsynth.export.parity import ExportError
 from cellsynth.export.quantize import HalfPrecision, quantize_int8
-from cellsynth.exports import ONNX_PRECISIONS, export_entry, record_export
 
 __all__ = [
     "AUTOENCODER_PARTS",
@@ -454,7 +454,7 @@ def _check_graph_options(opset: int, batch_sizes: Sequence[int]) -> None:
 
 def _intact(bundle: Bundle, key: str) -> bool:
     """An ONNX export ``key`` is listed and its file has the recorded SHA-256."""
-    from cellsynth.exports import export_path
+    from cellsynth.bundle.exports import export_path
 
     try:
         export_path(bundle, "onnx", key)

@@ -225,7 +225,7 @@ def resolve_real_cells(bundle: Any, real_cells: Any, seed: int) -> tuple[np.ndar
     """
     from anndata import AnnData
 
-    from cellsynth import datasets
+    from cellsynth.data import datasets
 
     source = real_cells if isinstance(real_cells, str) else type(real_cells).__name__
     if real_cells is None:

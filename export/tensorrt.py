@@ -1,8 +1,9 @@
 """TensorRT engines of a bundle's denoiser, built from its fp32 ONNX export.
 
 An engine runs only on the GPU model, compute capability and TensorRT version it was built with,
-so engines are keyed by all three plus the precision (:func:`cellsynth.exports.tensorrt_key`) and
-stored in the bundle (``tensorrt/<key>.plan``), listed in exports.json with how they were built.
+so engines are keyed by all three plus the precision
+(:func:`cellsynth.bundle.exports.tensorrt_key`) and stored in the bundle (``tensorrt/<key>.plan``),
+listed in exports.json with how they were built.
 :func:`find_engine` returns the engine that fits this machine, or None, and the TensorRT backend
 then builds one with :func:`build_engine`.
 
@@ -37,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from cellsynth import _core
-from cellsynth.bundle import load_bundle
-from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
-from cellsynth.exports import (
+from cellsynth.bundle.exports import (
     check_tensorrt_kind,
     export_entry,
     export_path,
     record_export,
     tensorrt_key,
 )
+from cellsynth.bundle.load import load_bundle
+from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
 from cellsynth.files import atomic_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")

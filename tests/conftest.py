@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import datasets
+from cellsynth.data import datasets
 from cellsynth.errors import DatasetNotInstalledError
 
 

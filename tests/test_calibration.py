@@ -137,7 +137,7 @@ def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_pa
     """A resumed auto run uses the engine its kept chunks were made with, not a new measurement."""
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generate")
+    gen_module = importlib.import_module("cellsynth.generation.run")
     out = tmp_path / "cells.h5ad"
     original, calls = gen_module._Run.chunk, {"n": 0}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellsynth.bundle import LabelSpec
-from cellsynth.conditions import assign_labels, parse_condition_args
+from cellsynth.bundle.load import LabelSpec
 from cellsynth.errors import DataError
+from cellsynth.generation.conditions import assign_labels, parse_condition_args
 
 SPEC = LabelSpec(
     keys=["cell_type", "stim"],
@@ -90,7 +90,7 @@ def test_unconditional_model() -> None:
 
 
 def test_label_runs_make_only_the_cells_asked_for() -> None:
-    from cellsynth.conditions import assign_label_runs
+    from cellsynth.generation.conditions import assign_label_runs
 
     runs = assign_label_runs(SPEC, 10**12, seed=4)  # a trillion cells: nothing per cell yet
     assert runs.shape == (10**12, 2)
@@ -106,7 +106,7 @@ def test_label_runs_make_only_the_cells_asked_for() -> None:
 
 
 def test_an_even_split_gives_every_allowed_combination_the_same_cells() -> None:
-    from cellsynth.conditions import assign_label_runs
+    from cellsynth.generation.conditions import assign_label_runs
 
     runs = assign_label_runs(SPEC, 1001, {"cell_type": ["B", "T"]}, seed=1, split="even")
     counts = sorted(runs.counts.tolist())

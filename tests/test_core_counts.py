@@ -16,7 +16,7 @@ import reference_counts as ref
 from scipy import stats
 
 from cellsynth import _core
-from cellsynth.counts import sample_counts
+from cellsynth.generation.counts import sample_counts
 
 MAX_COUNT = 2**31 - 1
 

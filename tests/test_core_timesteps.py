@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from reference_sampler import timesteps_for
 
 from cellsynth import _core
-from cellsynth.training.sampler import timesteps_for
 
 SPACINGS = ("leading", "trailing", "linspace")
 # (T, S) pairs: uneven ratios, S = 1, S = T, tiny T, T % S != 0, and ones where the float arange of

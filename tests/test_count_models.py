@@ -12,8 +12,8 @@ import torch
 from scipy import stats
 
 import cellsynth
-from cellsynth.counts import LibraryModel, counts_and_expression
 from cellsynth.errors import DataError
+from cellsynth.generation.counts import LibraryModel, counts_and_expression
 from cellsynth.training.count_autoencoder import (
     CountAutoEncoder,
     CountTraining,

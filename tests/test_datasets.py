@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import datasets
+from cellsynth.data import datasets
 from cellsynth.errors import DataError, DatasetNotInstalledError
 
 
@@ -100,7 +100,7 @@ def test_load_errors_name_the_path_and_builtins(tmp_path):
 
 def test_runtime_imports_neither_torch_nor_scanpy():
     code = (
-        "import sys, cellsynth.data, cellsynth.datasets; "
+        "import sys, cellsynth.data, cellsynth.data.datasets; "
         "bad = [m for m in ('torch', 'scanpy', 'pyroma', 'scirpy') if m in sys.modules]; "
         "assert not bad, bad"
     )

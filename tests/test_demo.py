@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import cellsynth
+from cellsynth.bundle.heldout import held_out_cells
 from cellsynth.cli.main import main
-from cellsynth.conditions import composition_labels
-from cellsynth.heldout import held_out_cells
+from cellsynth.generation.conditions import composition_labels
 
 
 def test_kang_dit_is_shipped_and_addressable_by_name(capsys: pytest.CaptureFixture) -> None:

@@ -15,9 +15,9 @@ import anndata as ad
 import pytest
 
 import cellsynth
-from cellsynth import distributed
 from cellsynth.cli.main import main
 from cellsynth.errors import CellsynthError
+from cellsynth.generation import distributed
 
 ray = pytest.importorskip("ray")  # a dev dependency: present in CI, so never skipped there
 

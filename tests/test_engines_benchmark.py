@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cellsynth
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.load import load_bundle
 
 pytest.importorskip("diffusers")
 

@@ -16,12 +16,12 @@ import torch
 from conftest import make_toy_adata
 
 from cellsynth.backends.onnxruntime_backend import OnnxRuntimeDenoiser, open_session
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.exports import export_path, read_exports
+from cellsynth.bundle.load import load_bundle
 from cellsynth.cli.main import main
 from cellsynth.errors import BundleError, CellsynthError
 from cellsynth.export import parity
 from cellsynth.export.onnx import export_onnx
-from cellsynth.exports import export_path, read_exports
 from cellsynth.files import sha256_file
 from cellsynth.scheduler import scheduler_for_bundle
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import cellsynth
-from cellsynth.bundle import VAR_FILE, load_bundle
+from cellsynth.bundle.load import VAR_FILE, load_bundle
 from cellsynth.data import prepare
 from cellsynth.data.gene_metadata import read_var, var_from_dict, var_to_dict, write_var
 from cellsynth.errors import BundleError

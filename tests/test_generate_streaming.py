@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import cellsynth
-from cellsynth.chunks import chunk_dir_for
 from cellsynth.errors import CellsynthError, DataError
+from cellsynth.generation.chunks import chunk_dir_for
 
 KW = dict(
     n_cells=45, steps=4, eta=1.0, seed=5, batch_size=5, engine="torch", device="cpu", progress=False
@@ -45,7 +45,7 @@ def test_resume_after_an_interruption_gives_the_same_values(
 ) -> None:
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generate")  # the module, not the function
+    gen_module = importlib.import_module("cellsynth.generation.run")  # the module, not the function
 
     out = tmp_path / "cells.h5ad"
     calls = {"n": 0}
@@ -79,7 +79,7 @@ def test_resume_after_an_interruption_gives_the_same_values(
 def _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks: int, **kw) -> None:
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generate")
+    gen_module = importlib.import_module("cellsynth.generation.run")
     original, calls = gen_module._Run.chunk, {"n": 0}
 
     def dies(self, *args, **kwargs):
@@ -145,7 +145,7 @@ def test_a_chunk_of_the_wrong_width_is_computed_again(
 ) -> None:
     import scipy.sparse as sp
 
-    from cellsynth.chunks import ChunkStore
+    from cellsynth.generation.chunks import ChunkStore
 
     out = tmp_path / "cells.h5ad"
     _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks=2)
@@ -178,7 +178,7 @@ def test_another_batch_size_agrees_to_float_rounding(tiny_bundle, reference) -> 
 
 
 def test_shard_boundaries_lie_on_the_batch_grid() -> None:
-    from cellsynth.generate import chunk_bounds, shard_range
+    from cellsynth.generation.run import chunk_bounds, shard_range
 
     assert [shard_range(45, (k, 3), align=5) for k in range(3)] == [(0, 15), (15, 30), (30, 45)]
     assert [shard_range(45, (k, 2), align=8) for k in range(2)] == [(0, 16), (16, 45)]
@@ -188,7 +188,7 @@ def test_shard_boundaries_lie_on_the_batch_grid() -> None:
 
 
 def test_bad_shards_are_refused(tiny_bundle) -> None:
-    from cellsynth.generate import parse_shard
+    from cellsynth.generation.run import parse_shard
 
     for shard in [(2, 2), (-1, 2), (0, 0)]:
         with pytest.raises(DataError, match="shard"):
@@ -220,7 +220,7 @@ def test_composition_matches_the_real_label_mix(tiny_bundle) -> None:
 
 
 def test_counts_invert_the_normalisation(tiny_bundle, reference) -> None:
-    from cellsynth.counts import draw_library_sizes
+    from cellsynth.generation.counts import draw_library_sizes
 
     adata = cellsynth.generate(tiny_bundle, counts=True, **KW)
     counts = adata.layers["counts"]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from cellsynth import _core
+from cellsynth.bundle.exports import tensorrt_key
 from cellsynth.errors import BundleError, MissingDependencyError
-from cellsynth.exports import tensorrt_key
 
 SKIP_REASON = "needs a CUDA device (and TensorRT / onnxruntime-gpu where named)"
 
@@ -438,7 +438,7 @@ def onnx_bundle(tiny_bundle, tmp_path_factory):
 
 
 def _inputs(bundle, n, seed=0):
-    from cellsynth.bundle import load_bundle
+    from cellsynth.bundle.load import load_bundle
 
     b = load_bundle(bundle)
     rng = np.random.default_rng(seed)
@@ -451,7 +451,7 @@ def _inputs(bundle, n, seed=0):
 def _onnx_cpu(bundle, x, t, labels):
     import onnxruntime as ort
 
-    from cellsynth.exports import export_path
+    from cellsynth.bundle.exports import export_path
 
     session = ort.InferenceSession(
         str(export_path(bundle, "onnx", "fp32")), providers=["CPUExecutionProvider"]
@@ -496,7 +496,7 @@ def test_tensorrt_fp32_engine_matches_onnx_cpu(onnx_bundle):
 @pytest.mark.gpu
 @needs_trt
 def test_tensorrt_fp16_trajectory_fidelity(onnx_bundle):
-    from cellsynth.exports import read_exports
+    from cellsynth.bundle.exports import read_exports
 
     den = _trt(onnx_bundle, "fp16")
     entries = [

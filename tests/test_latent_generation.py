@@ -21,7 +21,8 @@ import torch
 import cellsynth
 from cellsynth.backends import choose_engine, load_decoder
 from cellsynth.backends.onnxruntime_backend import OnnxRuntimeDecoder, open_session
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.exports import export_path, read_exports
+from cellsynth.bundle.load import load_bundle
 from cellsynth.cli.main import main
 from cellsynth.errors import BundleError, CellsynthError
 from cellsynth.export.onnx import (
@@ -30,7 +31,6 @@ from cellsynth.export.onnx import (
     export_latent_onnx,
     export_onnx,
 )
-from cellsynth.exports import export_path, read_exports
 from cellsynth.files import sha256_file
 
 GEN = dict(n_cells=40, steps=8, seed=3, batch_size=16, guidance=2.0, progress=False)
@@ -177,7 +177,7 @@ def test_latent_cells_do_not_depend_on_chunks_or_shards(exported, cells, tmp_pat
 
 def test_latents_are_not_truncated(exported):
     from cellsynth.backends.torch_backend import TorchDenoiser
-    from cellsynth.generate import _make_scheduler
+    from cellsynth.generation.run import _make_scheduler
 
     b = load_bundle(exported[0])
     sched = _make_scheduler(b, "ddim", "leading", seed=0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.load import load_bundle
 from cellsynth.errors import BundleError, DataError
 from cellsynth.training.autoencoder import (
     AutoEncoder,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from reference_sampler import ddim_step, sample, timesteps_for
 from torch import nn
 
 from cellsynth import NoiseSchedule
 from cellsynth.training.dit import DiT
-from cellsynth.training.sampler import ddim_step, sample, timesteps_for
 
 AC = NoiseSchedule().alphas_cumprod  # float64 [1000]
 G = 6

@@ -4,7 +4,7 @@
   finite outputs, re-batching invariance of the keyed noise;
 * the keyed Philox noise against a NumPy Philox4x32-10 (tests/reference_schedulers.py);
 * zero-negation truncation on the last step; a DDIM trajectory against the PyTorch reference
-  sampler (cellsynth.training.sampler); clear ValueErrors for bad options and inputs.
+  sampler (reference_sampler); clear ValueErrors for bad options and inputs.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import reference_schedulers as ref
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from reference_sampler import sample as reference_sample
 from torch import nn
 
 from cellsynth.scheduler import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from cellsynth.training.sampler import sample as reference_sample
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPACINGS = ["leading", "trailing", "linspace", "quadratic"]
@@ -285,7 +285,7 @@ def test_truncation_zeroes_exactly_the_values_below_threshold_on_the_last_step(
     np.testing.assert_array_equal(last, want.astype(np.float32))
 
 
-# ----------------------------------------------------------------------------------- vs sampler.py
+# ------------------------------------------------------------------------- vs reference_sampler.py
 
 
 class Toy(nn.Module):

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference_sampler import sample
 
 from cellsynth import NoiseSchedule
 from cellsynth.training.dit import DiT
 from cellsynth.training.ema import EMA
-from cellsynth.training.sampler import sample
 from cellsynth.training.trainer import (
     CHECKPOINT_NAME,
     TrainConfig,

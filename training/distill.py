@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth._version import __version__
-from cellsynth.bundle import Bundle
+from cellsynth.bundle.load import Bundle
 from cellsynth.errors import DataError
 from cellsynth.training.distill_data import Task, load_task
 from cellsynth.training.scdg import single_step
@@ -261,7 +261,7 @@ class CellGenerator:
 def _typical_library(bundle: Bundle) -> Callable[[torch.Tensor], torch.Tensor]:
     """Library size [n] for SCDG label codes [n, K]: the median of the bundle's log-normal for
     that label combination (what generation draws from), else of all training cells."""
-    from cellsynth.counts import LibraryModel
+    from cellsynth.generation.counts import LibraryModel
 
     library = (bundle.config.get("latent") or {}).get("library")
     if library is None:  # an autoencoder bundle: its training cells' depth

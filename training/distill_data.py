@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import anndata
 import numpy as np
 
-from cellsynth import datasets
-from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.bundle.heldout import obs_labels, prepare_like
+from cellsynth.bundle.load import Bundle, load_bundle
+from cellsynth.data import datasets
 from cellsynth.errors import DataError
-from cellsynth.heldout import obs_labels, prepare_like
 
 
 @dataclass

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellsynth._version import __version__
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.load import load_bundle
 from cellsynth.errors import BundleError, DataError, GeneMismatchError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
 from cellsynth.training.distill_data import Task, load_task
@@ -550,7 +550,7 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 def accuracy_figure(result: dict[str, Any], path: Path) -> Path:
     """Grouped bars: accuracy (mean ± sd) of every method, one bar per classifier."""
-    from cellsynth.report_plots import _plt, _save
+    from cellsynth.evaluation.plots import _plt, _save
 
     plt = _plt()
     methods, kinds = result["methods"], result["classifiers"]
@@ -587,7 +587,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str
     """
     import json
 
-    from cellsynth.evaluate import strict_json
+    from cellsynth.evaluation.evaluate import strict_json
     from cellsynth.files import atomic_path
 
     out = Path(out_dir)

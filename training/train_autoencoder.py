@@ -20,9 +20,8 @@ import anndata
 import numpy as np
 import torch
 
-from cellsynth import datasets
-from cellsynth.bundle import LabelSpec, save_bundle
-from cellsynth.data import prepare
+from cellsynth.bundle.load import LabelSpec, save_bundle
+from cellsynth.data import datasets, prepare
 from cellsynth.files import remove_orphans
 from cellsynth.training.autoencoder import (
     AutoEncoderTraining,

@@ -20,11 +20,10 @@ import anndata
 import numpy as np
 import torch
 
-from cellsynth import datasets
-from cellsynth.bundle import LabelSpec, save_bundle
-from cellsynth.data import prepare, zero_negate
+from cellsynth.bundle.load import LabelSpec, save_bundle
+from cellsynth.data import datasets, prepare, zero_negate
 from cellsynth.files import remove_orphans
-from cellsynth.schedules import NoiseSchedule
+from cellsynth.scheduler.schedules import NoiseSchedule
 from cellsynth.training import training_report
 from cellsynth.training.device import resolve_device
 from cellsynth.training.dit import auto_config, build_dit, correlated_gene_order

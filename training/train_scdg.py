@@ -4,7 +4,7 @@ autoencoder bundle + the counts it was trained on -> rebuild its split -> encode
 (eval mode) -> scale codes to unit variance -> DDPM training with x0 prediction (the DiT's trainer)
 -> bundle holding the SCDG and, in ``autoencoder/``, a copy of the autoencoder. On a count
 autoencoder the bundle also records the training cells' library sizes per label combination
-(:class:`cellsynth.counts.LibraryModel`), which generation draws from.
+(:class:`cellsynth.generation.counts.LibraryModel`), which generation draws from.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import anndata
 import numpy as np
 import torch
 
-from cellsynth import datasets
-from cellsynth.bundle import LabelSpec, load_bundle, save_bundle
-from cellsynth.counts import LibraryModel, counts_and_expression
+from cellsynth.bundle.heldout import obs_labels, prepare_like
+from cellsynth.bundle.load import LabelSpec, load_bundle, save_bundle
+from cellsynth.data import datasets
 from cellsynth.errors import DataError
 from cellsynth.files import remove_orphans
-from cellsynth.heldout import obs_labels, prepare_like
-from cellsynth.schedules import NoiseSchedule
+from cellsynth.generation.counts import LibraryModel, counts_and_expression
+from cellsynth.scheduler.schedules import NoiseSchedule
 from cellsynth.training import training_report
 from cellsynth.training.autoencoder import decode, encode
 from cellsynth.training.scdg import build_scdg

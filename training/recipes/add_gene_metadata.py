@@ -15,11 +15,11 @@ import argparse
 import os
 from pathlib import Path
 
-from cellsynth import datasets
-from cellsynth.bundle import AUTOENCODER_DIR, VAR_FILE, load_bundle
+from cellsynth.bundle.heldout import prepare_like
+from cellsynth.bundle.load import AUTOENCODER_DIR, VAR_FILE, load_bundle
+from cellsynth.data import datasets
 from cellsynth.data.gene_metadata import write_var
 from cellsynth.files import atomic_path
-from cellsynth.heldout import prepare_like
 
 
 def add_gene_metadata(bundle: str | os.PathLike, data: str, overwrite: bool = False) -> Path:

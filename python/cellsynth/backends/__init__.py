@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from cellsynth.backends.base import Decoder, Denoiser
-from cellsynth.bundle import Bundle
+from cellsynth.bundle.load import Bundle
 from cellsynth.errors import BundleError, CellsynthError, MissingDependencyError
 
 ENGINES = ("torch", "onnxruntime", "tensorrt")
@@ -76,7 +76,7 @@ def _ort_cuda() -> bool:
 
 def _has_onnx(bundle: Bundle) -> bool:
     """An fp32 ONNX export of the denoiser (and, for latent diffusion, of the decoder too)."""
-    from cellsynth.exports import export_entry
+    from cellsynth.bundle.exports import export_entry
 
     if export_entry(bundle, "onnx", "fp32") is None:
         return False
@@ -163,7 +163,7 @@ def load_denoiser(
         raise CellsynthError(f"engine must be 'auto' or one of {ENGINES}, got {engine!r}")
     _require_denoiser(bundle)
     if engine == "tensorrt":
-        from cellsynth.exports import check_tensorrt_kind
+        from cellsynth.bundle.exports import check_tensorrt_kind
 
         check_tensorrt_kind(bundle)
     why, calibration = "asked for", None

@@ -93,7 +93,7 @@ class Denoiser(ABC):
         scheduler : cellsynth scheduler
             Already ``set_timesteps``; its last step truncates negatives.
         x_T : np.ndarray float32 [B, G]
-            Initial noise (keyed by global cell index, see :mod:`cellsynth.generate`).
+            Initial noise (keyed by global cell index, see :mod:`cellsynth.generation.run`).
         labels, null_labels : np.ndarray int64 [B, K]
             The cells' label codes and the null codes used by guidance.
         guidance : float
@@ -281,7 +281,7 @@ def dispersion(autoencoder: Any) -> np.ndarray:
     """
     from safetensors.numpy import load_file
 
-    from cellsynth.bundle import WEIGHT_FILES
+    from cellsynth.bundle.load import WEIGHT_FILES
 
     path = autoencoder.path / WEIGHT_FILES["model"]
     log_theta = load_file(str(path)).get("log_theta")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.bench.machine import cpu_model, library_versions
-from cellsynth.bundle import Bundle
+from cellsynth.bundle.load import Bundle
 from cellsynth.errors import CellsynthError
 from cellsynth.files import atomic_path
 
@@ -180,7 +180,7 @@ def _median_seconds(fn: Callable[[], Any]) -> float:
 
 def _key(bundle: Bundle, candidates: Sequence[str], batch_size: int, threads: int | None) -> str:
     from cellsynth._version import __version__
-    from cellsynth.exports import export_entry
+    from cellsynth.bundle.exports import export_entry
 
     onnx = export_entry(bundle, "onnx", "fp32") or {}
     graph = onnx.get("onnxruntime_graph") or {}

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from cellsynth.backends.base import Decoder, Denoiser
-from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.bundle.exports import ONNX_PRECISIONS, export_entry, export_path, fused_graph_path
+from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.errors import BundleError, CellsynthError
-from cellsynth.exports import ONNX_PRECISIONS, export_entry, export_path, fused_graph_path
 
 INPUT_NAMES = ("x_t", "timestep", "labels")
 OUTPUT_NAME = "model_output"

@@ -105,8 +105,8 @@ class OnnxRuntimeCudaDenoiser(CudaDenoiser):
     name = "onnxruntime"
 
     def __init__(self, bundle: Any, *, precision: str = "fp32", device: Any = "cuda:0") -> None:
-        from cellsynth.bundle import load_bundle
-        from cellsynth.exports import export_path
+        from cellsynth.bundle.exports import export_path
+        from cellsynth.bundle.load import load_bundle
 
         index = cuda_device_index(device)
         props = require_cuda_device("onnxruntime on CUDA needs", index)

@@ -125,7 +125,7 @@ class TensorRTDenoiser(CudaDenoiser):
         progress: bool = True,
         build_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from cellsynth.bundle import load_bundle
+        from cellsynth.bundle.load import load_bundle
         from cellsynth.export.tensorrt import build_engine, find_engine, require_tensorrt
 
         index = cuda_device_index(device)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.backends.base import Decoder, Denoiser
-from cellsynth.bundle import Bundle, _require_torch
+from cellsynth.bundle.load import Bundle, _require_torch
 
 
 class TorchDenoiser(Denoiser):

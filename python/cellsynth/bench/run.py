@@ -5,7 +5,7 @@ It runs without PyTorch (the torch engine is then listed as skipped). Every conf
 grid (:mod:`cellsynth.bench.plan`) is either measured (:mod:`cellsynth.bench.timing`) or listed
 with the reason it was not; with ``fidelity`` the cells of each scheduler setting and precision
 are also generated with the real cells' label mix and scored against them
-(:func:`cellsynth.evaluate.evaluate`), the columns of the acceleration table. The report
+(:func:`cellsynth.evaluation.evaluate.evaluate`), the columns of the acceleration table. The report
 (:mod:`cellsynth.bench.report`) is a terminal table, JSON, Markdown and PNGs.
 """
 
@@ -29,7 +29,7 @@ from cellsynth.bench.plan import (
     static_skip,
 )
 from cellsynth.bench.timing import time_config
-from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.errors import CellsynthError
 
 DEFAULT_REPEATS = 5
@@ -179,7 +179,7 @@ def _fidelity(
     import numpy as np
 
     import cellsynth
-    from cellsynth.evaluate import evaluate
+    from cellsynth.evaluation.evaluate import evaluate
 
     real_ad = real if isinstance(real, ad.AnnData) else cellsynth.datasets.load(real)
     real_name = "an AnnData object" if isinstance(real, ad.AnnData) else str(real)

@@ -27,7 +27,7 @@ import numpy as np
 
 from cellsynth.backends.base import Denoiser, step_threads
 from cellsynth.bench.plan import Config
-from cellsynth.bundle import Bundle
+from cellsynth.bundle.load import Bundle
 
 MIN_TIMED_STEPS = 3
 PERCENTILES = (50, 95, 99)

@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth.demo import run_demo
     from cellsynth.files import check_output
+    from cellsynth.generation.demo import run_demo
 
     check_output(args.out, args.overwrite, directory=True)
     result = run_demo(

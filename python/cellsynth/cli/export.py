@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         fmt = "tensorrt" if args.format == "onnx" else "onnx"
         args.parser.error(f"{flags} only with --format {fmt}, not --format {args.format}")
-    from cellsynth.bundle import resolve_bundle_path
+    from cellsynth.bundle.load import resolve_bundle_path
     from cellsynth.files import atomic_directory, check_output
 
     export = _onnx if args.format == "onnx" else _tensorrt
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _refuse_read_only(args: argparse.Namespace, source: Path) -> None:
-    from cellsynth.bundle import SHIPPED_DIR
+    from cellsynth.bundle.load import SHIPPED_DIR
     from cellsynth.errors import BundleError
 
     shipped = source.resolve().is_relative_to(SHIPPED_DIR.resolve())
@@ -108,7 +108,7 @@ def _refuse_read_only(args: argparse.Namespace, source: Path) -> None:
 
 
 def _onnx(args: argparse.Namespace, path: Path, shown: str) -> None:
-    from cellsynth.bundle import load_bundle
+    from cellsynth.bundle.load import load_bundle
     from cellsynth.export.onnx import export_latent_onnx, export_onnx
 
     precision = "fp16" if args.fp16 else args.quantize or "fp32"
@@ -140,8 +140,8 @@ def _onnx(args: argparse.Namespace, path: Path, shown: str) -> None:
 
 
 def _tensorrt(args: argparse.Namespace, path: Path, shown: str) -> None:
-    from cellsynth.bundle import load_bundle
-    from cellsynth.exports import check_tensorrt_kind
+    from cellsynth.bundle.exports import check_tensorrt_kind
+    from cellsynth.bundle.load import load_bundle
 
     check_tensorrt_kind(load_bundle(path, verify_weights=False))
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cellsynth.bundle import KIND_WEIGHTS, WEIGHT_FILES, Bundle, load_bundle
+from cellsynth.bundle.load import KIND_WEIGHTS, WEIGHT_FILES, Bundle, load_bundle
 
 #: architecture entries left out of the "model" line (sizes shown elsewhere, or long lists).
 _NOT_SHOWN = ("n_genes", "label_sizes", "gene_order")
@@ -147,8 +147,8 @@ def _describe_validation(train: dict) -> list[str]:
 def _describe_exports(bundle: Bundle, prefix: str = "", none_line: bool = True) -> list[str]:
     """One line per ONNX file and TensorRT engine listed in exports.json (file names prefixed
     by ``prefix``; a line saying there are none unless ``none_line`` is False)."""
+    from cellsynth.bundle.exports import export_path, read_exports
     from cellsynth.errors import BundleError
-    from cellsynth.exports import export_path, read_exports
 
     try:
         manifest = read_exports(bundle)

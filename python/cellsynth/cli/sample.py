@@ -120,7 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth.generate import generate, parse_shard
+    from cellsynth.generation.run import generate, parse_shard
 
     ray_only = {"--workers": args.workers, "--shards": args.shards}
     if args.ray is None and (any(v is not None for v in ray_only.values()) or args.gpus_per_worker):
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
 def _options(args: argparse.Namespace) -> dict:
     """The arguments of cellsynth.generate that describe the cells (a --ray run passes them on
     to every shard)."""
-    from cellsynth.conditions import parse_condition_args
+    from cellsynth.generation.conditions import parse_condition_args
 
     return dict(
         steps=args.steps,
@@ -174,7 +174,7 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:
-    from cellsynth import distributed
+    from cellsynth.generation import distributed
 
     if args.shard or args.resume:
         raise ValueError(

@@ -59,7 +59,7 @@ def _diversity_line(name: str, d: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth import datasets
+    from cellsynth.data import datasets
     from cellsynth.data.validate import validate_labels
     from cellsynth.errors import DataError
     from cellsynth.files import check_output, write_h5ad

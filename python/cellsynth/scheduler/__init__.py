@@ -61,7 +61,7 @@ _SCHEDULE_KEYS = (
 def scheduler_from_schedule(
     schedule: Any, name: str = "ddim", prediction_type: str = "epsilon", **options: Any
 ):
-    """A scheduler for a :class:`~cellsynth.schedules.NoiseSchedule`.
+    """A scheduler for a :class:`~cellsynth.scheduler.schedules.NoiseSchedule`.
 
     Parameters
     ----------

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
-from cellsynth.schedules import BETA_SCHEDULES, NoiseSchedule
+from cellsynth.scheduler.schedules import BETA_SCHEDULES, NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")

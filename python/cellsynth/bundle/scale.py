@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellsynth.bundle import Bundle, load_bundle
+from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.errors import GeneMismatchError
 
 #: How X relates to counts, in the words every cellsynth output records.
@@ -45,8 +45,7 @@ def normalize_like(real: Any, bundle: str | Bundle) -> anndata.AnnData:
     GeneMismatchError
         If genes of the bundle are missing from ``real`` (the first ones are named).
     """
-    from cellsynth import datasets
-    from cellsynth.data import extract_counts
+    from cellsynth.data import datasets, extract_counts
 
     b = load_bundle(bundle, verify_weights=False)
     adata = real if isinstance(real, anndata.AnnData) else datasets.load(real)

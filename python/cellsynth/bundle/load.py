@@ -39,7 +39,7 @@ import numpy as np
 from cellsynth._version import __version__
 from cellsynth.errors import BundleError, MissingDependencyError
 from cellsynth.files import atomic_directory, default_file_mode, sha256_file
-from cellsynth.schedules import NoiseSchedule
+from cellsynth.scheduler.schedules import NoiseSchedule
 
 FORMAT_NAME = "cellsynth-bundle"
 FORMAT_VERSION = 1
@@ -63,7 +63,7 @@ KIND_WEIGHTS = {
 }
 
 # Bundles shipped inside the package, addressable by name wherever a bundle path is accepted.
-SHIPPED_DIR = Path(__file__).parent / "models"
+SHIPPED_DIR = Path(__file__).parents[1] / "models"  # python/cellsynth/models
 
 # Architecture name -> (module, class). Import is deferred so the runtime never needs torch.
 ARCHITECTURES = {

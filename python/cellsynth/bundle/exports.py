@@ -48,7 +48,7 @@ AUTOENCODER_PARTS = ("encoder", "decoder")  # ONNX keys of an autoencoder bundle
 
 
 def _bundle_root_and_hash(bundle: Any) -> tuple[Path, str]:
-    from cellsynth.bundle import load_bundle
+    from cellsynth.bundle.load import load_bundle
 
     b = load_bundle(bundle, verify_weights=False) if not hasattr(bundle, "hash") else bundle
     return Path(b.path), b.hash

@@ -13,7 +13,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from cellsynth.bundle import Bundle
+from cellsynth.bundle.load import Bundle
 from cellsynth.errors import DataError
 
 

@@ -34,7 +34,7 @@ generator whose per-cell totals over the modelled genes are off is seen in every
 training validation and ``benchmarks/fidelity_peers.py`` compare the same way).
 
 Real cells: when the synthetic file names a bundle that loads and the real data is the data that
-bundle was trained on (:func:`cellsynth.heldout.held_out_cells` rebuilds its split), only the
+bundle was trained on (:func:`cellsynth.bundle.heldout.held_out_cells` rebuilds its split), only the
 held-out cells, which the model never saw, are compared, in the bundle's own preprocessing.
 Otherwise every real cell is used, and the report warns that training cells may flatter the
 numbers.
@@ -116,7 +116,7 @@ def _load(data: Any, role: str) -> tuple[ad.AnnData, str]:
     if isinstance(data, ad.AnnData):
         name = "an AnnData object"
     else:
-        from cellsynth import datasets
+        from cellsynth.data import datasets
 
         name = str(data)
         data = datasets.load(data)
@@ -132,7 +132,7 @@ def _provenance_bundle(synthetic: ad.AnnData) -> tuple[Any, str | None]:
     prov = synthetic.uns.get("cellsynth")
     if not isinstance(prov, dict) or "bundle" not in prov:
         return None, None
-    from cellsynth.bundle import load_bundle
+    from cellsynth.bundle.load import load_bundle
 
     path = str(prov["bundle"])
     # The recorded path is absolute on the generating machine; a shipped bundle is also found
@@ -246,7 +246,7 @@ def _held_out(
     Keys the held-out cells cannot be given are left out of the frame, except ``label_key``,
     without which the held-out cells are not used.
     """
-    from cellsynth.heldout import held_out_cells
+    from cellsynth.bundle.heldout import held_out_cells
 
     record = bundle.preprocessing
     if real.n_obs != record.n_cells_input:  # cheap test first: prepare() takes seconds
@@ -522,7 +522,7 @@ def _write(
     umap: bool,
 ) -> dict[str, str]:
     """Write the figures, report.md and metrics.json; {name: path}."""
-    from cellsynth import report_plots
+    from cellsynth.evaluation import plots
 
     out.mkdir(parents=True, exist_ok=True)
     key = result["evaluation"]["label_key"]
@@ -534,7 +534,7 @@ def _write(
         warnings.filterwarnings(
             "ignore", message="Attempting to set identical", module="matplotlib"
         )
-        figures, fig_notes = report_plots.write_all(
+        figures, fig_notes = plots.write_all(
             out, real, syn, real_labels, syn_labels, key, genes, seed, umap
         )
     result["evaluation"]["notes"] += fig_notes

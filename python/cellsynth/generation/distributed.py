@@ -87,7 +87,7 @@ def generate(
     Path of the output (read it with :func:`read`).
     """
     ray = _require_ray()
-    from cellsynth.bundle import load_bundle
+    from cellsynth.bundle.load import load_bundle
 
     forbidden = {"out", "shard", "resume", "overwrite", "progress", "n_cells"} & set(options)
     if forbidden:
@@ -223,7 +223,7 @@ def _plan(b: Any, n_cells: int, shards: int, batch: int, options: Mapping[str, A
 
 def _cells_of(n_cells: int, k: int, shards: int, batch: int) -> tuple[int, int]:
     """Cells [lo, hi) of shard k of ``shards``: ``--shard k/N``'s, or an empty range."""
-    from cellsynth.generate import shard_range
+    from cellsynth.generation.run import shard_range
 
     try:
         return shard_range(n_cells, (k, shards), align=batch)
@@ -298,7 +298,7 @@ def _merge(parts_dir: Path, manifest: dict[str, Any], out: Path, overwrite: bool
     import pandas as pd
     from anndata.io import read_elem
 
-    from cellsynth.h5ad_stream import StreamingH5ADWriter
+    from cellsynth.generation.h5ad_stream import StreamingH5ADWriter
 
     files = [parts_dir / s["file"] for s in manifest["shards"]]
     with h5py.File(files[0], "r") as first:

@@ -23,11 +23,11 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from cellsynth import datasets
-from cellsynth.bundle import load_bundle
+from cellsynth.bundle.heldout import held_out_cells
+from cellsynth.bundle.load import load_bundle
+from cellsynth.data import datasets
 from cellsynth.files import atomic_path
-from cellsynth.generate import generate
-from cellsynth.heldout import held_out_cells
+from cellsynth.generation.run import generate
 from cellsynth.metrics import quick_summary
 from cellsynth.metrics.sound import fit_pca_randomized
 from cellsynth.stages import say_stage

@@ -21,8 +21,9 @@ sharded: the values are bit-identical (matrix-multiply kernels may round a row d
 the batch shape changes, so another ``batch_size`` agrees only to float rounding).
 
 Large runs stream: with ``out=``, chunks of cells are written to disk as they finish
-(:mod:`cellsynth.chunks`), an interrupted run resumes, and the final .h5ad is assembled in bounded
-memory (:mod:`cellsynth.h5ad_stream`) under a temporary name, then renamed.
+(:mod:`cellsynth.generation.chunks`), an interrupted run resumes, and the final .h5ad is
+assembled in bounded memory (:mod:`cellsynth.generation.h5ad_stream`) under a temporary name,
+then renamed.
 """
 
 from __future__ import annotations
@@ -45,24 +46,24 @@ from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
 from cellsynth.backends import choose_engine, load_engine
-from cellsynth.bundle import Bundle, load_bundle
-from cellsynth.chunks import ChunkStore
-from cellsynth.conditions import (
+from cellsynth.bundle.load import Bundle, load_bundle
+from cellsynth.bundle.scale import NORMALISATION
+from cellsynth.errors import BundleError, DataError
+from cellsynth.files import atomic_path, check_output, remove_orphans
+from cellsynth.generation.chunks import ChunkStore
+from cellsynth.generation.conditions import (
     ConditionValue,
     LabelRuns,
     assign_label_runs,
     composition_label_runs,
 )
-from cellsynth.counts import (
+from cellsynth.generation.counts import (
     LibraryModel,
     counts_and_expression,
     draw_library_sizes,
     expression_to_counts,
 )
-from cellsynth.errors import BundleError, DataError
-from cellsynth.files import atomic_path, check_output, remove_orphans
-from cellsynth.h5ad_stream import StreamingH5ADWriter
-from cellsynth.scale import NORMALISATION
+from cellsynth.generation.h5ad_stream import StreamingH5ADWriter
 
 SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
@@ -371,7 +372,7 @@ def generate(
 def _resumed_engine(out: str | os.PathLike | None) -> str | None:
     """The engine an interrupted run into ``out`` used (None without one)."""
     from cellsynth.backends import ENGINES
-    from cellsynth.chunks import started_settings
+    from cellsynth.generation.chunks import started_settings
 
     settings = started_settings(out) if out is not None else None
     engine = (settings or {}).get("engine")
