@@ -237,3 +237,42 @@ def test_shipped_weights_carry_the_gene_stamp(name: str, tmp_path: Path) -> None
     _edit_config(where, drop_last_gene)
     with pytest.raises(BundleError, match="trained on 2000 genes .* the gene list was edited"):
         load_bundle(where)
+
+
+def test_a_generation_run_reads_each_bundle_file_once(monkeypatch) -> None:
+    """A bundle is loaded and validated once per run and passed on; its autoencoder, gene table
+    and exports manifest are read once and kept on it."""
+    import collections
+
+    import cellsynth
+
+    reads: collections.Counter = collections.Counter()
+    original = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        reads[(self.parent.name, self.name)] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    cellsynth.generate("kang-scdg", n_cells=8, steps=2, seed=0, engine="onnxruntime")
+    bundle_files = {k: n for k, n in reads.items() if k[1] in ("config.json", "exports.json")}
+    assert bundle_files == {
+        ("kang-scdg", "config.json"): 1,
+        ("autoencoder", "config.json"): 1,
+        ("kang-scdg", "exports.json"): 1,
+        ("autoencoder", "exports.json"): 1,
+    }
+
+
+def test_the_exports_manifest_is_kept_and_re_read_when_it_changes(bundle_copy: Path) -> None:
+    from cellsynth.bundle.exports import read_exports, record_export
+
+    bundle = load_bundle(bundle_copy)
+    assert read_exports(bundle)["onnx"] == {}
+    produced = bundle_copy.parent / "model.onnx"
+    produced.write_bytes(b"not really onnx")
+    record_export(bundle, "onnx", "fp32", produced, {"precision": "fp32"})
+    manifest = bundle.exports()
+    assert manifest["onnx"]["fp32"]["file"] == "onnx/model.onnx"  # seen without reloading
+    manifest["onnx"].clear()  # a copy: the kept manifest is not changed by its readers
+    assert read_exports(bundle)["onnx"]["fp32"]["precision"] == "fp32"

@@ -376,7 +376,7 @@ def test_backend_runs_without_torch(exported):
 
 
 def test_cli_tensorrt_without_gpu_is_one_line(exported, capsys):
-    pytest.importorskip("cellsynth.export.tensorrt")
+    pytest.importorskip("cellsynth.backends.tensorrt_build")
     from cellsynth.backends import _cuda_device_count
 
     if _cuda_device_count() > 0:

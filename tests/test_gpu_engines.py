@@ -77,7 +77,7 @@ def no_gpu(monkeypatch):
 
 
 def test_build_engine_without_gpu_raises_and_writes_nothing(bundle_copy, no_gpu):
-    from cellsynth.export.tensorrt import build_engine
+    from cellsynth.backends.tensorrt_build import build_engine
 
     before = _snapshot(bundle_copy)
     with pytest.raises(MissingDependencyError) as err:
@@ -92,7 +92,7 @@ def test_build_engine_without_gpu_raises_and_writes_nothing(bundle_copy, no_gpu)
 def test_build_engine_without_tensorrt_raises_and_writes_nothing(bundle_copy, monkeypatch):
     import sys
 
-    from cellsynth.export.tensorrt import build_engine
+    from cellsynth.backends.tensorrt_build import build_engine
 
     monkeypatch.setattr(_core, "cuda_compiled", True, raising=False)
     monkeypatch.setattr(_core, "cuda_device_count", lambda: 1)
@@ -104,7 +104,7 @@ def test_build_engine_without_tensorrt_raises_and_writes_nothing(bundle_copy, mo
 
 
 def test_build_engine_checks_options_first(bundle_copy):
-    from cellsynth.export.tensorrt import build_engine
+    from cellsynth.backends.tensorrt_build import build_engine
 
     with pytest.raises(ValueError, match="precision"):
         build_engine(bundle_copy, precision="int4")
@@ -113,7 +113,7 @@ def test_build_engine_checks_options_first(bundle_copy):
 
 
 def test_find_engine_without_gpu_raises(bundle_copy, no_gpu):
-    from cellsynth.export.tensorrt import find_engine
+    from cellsynth.backends.tensorrt_build import find_engine
 
     with pytest.raises(MissingDependencyError, match="no CUDA device"):
         find_engine(bundle_copy, "fp16")
@@ -211,7 +211,7 @@ class _FakeTrt:
 
 
 def test_timestep_embedding_layers_stay_fp32():
-    from cellsynth.export.tensorrt import keep_timestep_embedding_fp32
+    from cellsynth.backends.tensorrt_build import keep_timestep_embedding_fp32
 
     f32, i64 = _FakeTrt.float32, _FakeTrt.int64
     x, t, lab = _FakeTensor("x_t", f32), _FakeTensor("timestep", i64), _FakeTensor("labels", i64)
@@ -553,7 +553,7 @@ def _denoise_generic(den, bundle, name, n, offset, guidance, base, **kw):
 @needs_trt
 def test_engine_key_and_rebuild_on_mismatch(onnx_bundle, capsys):
     from cellsynth.backends.tensorrt_backend import TensorRTDenoiser
-    from cellsynth.export.tensorrt import engine_key, find_engine, require_tensorrt
+    from cellsynth.backends.tensorrt_build import engine_key, find_engine, require_tensorrt
 
     _trt(onnx_bundle, "fp32")  # builds it if no earlier test did
     trt, props = require_tensorrt(0)

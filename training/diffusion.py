@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PREDICTION_TYPES", "add_noise", "predict_x0_and_eps", "training_target"]
+from cellsynth.scheduler import PREDICTION_TYPES
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+__all__ = ["PREDICTION_TYPES", "add_noise", "predict_x0_and_eps", "training_target"]
 
 
 def _check_prediction_type(prediction_type: str) -> None:

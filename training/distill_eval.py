@@ -550,9 +550,9 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 def accuracy_figure(result: dict[str, Any], path: Path) -> Path:
     """Grouped bars: accuracy (mean ± sd) of every method, one bar per classifier."""
-    from cellsynth.evaluation.plots import _plt, _save
+    from cellsynth.evaluation.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     methods, kinds = result["methods"], result["classifiers"]
     width = 0.8 / len(kinds)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(methods) + 2), 4.2))
@@ -574,7 +574,7 @@ def accuracy_figure(result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def _eager() -> bool:
+def is_eager() -> bool:
     """True outside tracing/compilation, where data-dependent checks are allowed."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
@@ -370,7 +370,7 @@ class DiT(nn.Module):
         """
         if labels is None:
             labels = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
-        if _eager():  # shape and range checks, skipped while tracing/exporting
+        if is_eager():  # shape and range checks, skipped while tracing/exporting
             self._check_inputs(x, t, labels)
         G, p = self.n_genes, self.patch_size
         if self.gene_order is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cellsynth.training.dit import LabelEmbedder, TimestepEmbedder, _eager
+from cellsynth.training.dit import LabelEmbedder, TimestepEmbedder, is_eager
 
 _KANG = {"hidden_size": 192, "depth": 2, "mlp_ratio": 2.0, "frequency_embedding_size": 128}
 
@@ -125,11 +125,11 @@ class SCDG(nn.Module):
         """Predicted clean codes [B, D] from noisy codes x [B, D] at timesteps t [B]."""
         if labels is None:
             labels = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
-        if _eager() and (x.ndim != 2 or x.shape[1] != self.n_genes):
+        if is_eager() and (x.ndim != 2 or x.shape[1] != self.n_genes):
             raise ValueError(
                 f"expected codes of shape [batch, {self.n_genes}], got {tuple(x.shape)}"
             )
-        if _eager() and labels.shape[1] != len(self.label_sizes):
+        if is_eager() and labels.shape[1] != len(self.label_sizes):
             raise ValueError(
                 f"expected {len(self.label_sizes)} label columns, got {labels.shape[1]}"
             )

@@ -60,7 +60,12 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'cellsynth' has no attribute {name!r}")
     module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
+    if module_name.startswith("cellsynth.training"):
+        from cellsynth.torch_entry import torch_module
+
+        module = torch_module(module_name.removeprefix("cellsynth."), f"cellsynth.{name}")
+    else:
+        module = importlib.import_module(module_name)
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value  # later lookups skip __getattr__
     return value

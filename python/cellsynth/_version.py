@@ -1,3 +1,3 @@
-"""Package version (kept in step with pyproject.toml by tests/test_packaging.py)."""
+"""The package version, written only here: pyproject.toml reads it at build time."""
 
 __version__ = "0.1.0"

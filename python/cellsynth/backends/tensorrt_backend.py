@@ -2,7 +2,7 @@
 
 Memory is ``_core.DeviceArray`` and all work (copies, the engine, guidance, the scheduler's CUDA
 step) is queued on one ``_core.CudaStream``. The engine comes from the bundle
-(:func:`cellsynth.export.tensorrt.find_engine`); when there is none for this GPU / TensorRT
+(:func:`cellsynth.backends.tensorrt_build.find_engine`); when there is none for this GPU / TensorRT
 version / precision it is built first (and stored in the bundle), which is printed.
 
 CUDA graphs. :meth:`TensorRTDenoiser.denoise` queues the whole denoising loop (for each timestep:
@@ -85,7 +85,8 @@ class TensorRTDenoiser(CudaDenoiser):
     ----------
     bundle : path or Bundle
     precision : {'fp16', 'bf16', 'fp32'}
-        Which engine to use (built when absent; see :func:`cellsynth.export.tensorrt.build_engine`).
+        Which engine to use (built when absent; see
+        :func:`cellsynth.backends.tensorrt_build.build_engine`).
     device : str or int
         'cuda', 'cuda:N' or N.
     build : bool
@@ -101,7 +102,8 @@ class TensorRTDenoiser(CudaDenoiser):
     progress : bool
         Show the engine build, if one is needed.
     build_options : dict, optional
-        Extra :func:`~cellsynth.export.tensorrt.build_engine` options (batch range, workspace).
+        Extra :func:`~cellsynth.backends.tensorrt_build.build_engine` options (batch range,
+        workspace).
 
     Raises
     ------
@@ -125,8 +127,8 @@ class TensorRTDenoiser(CudaDenoiser):
         progress: bool = True,
         build_options: Mapping[str, Any] | None = None,
     ) -> None:
+        from cellsynth.backends.tensorrt_build import build_engine, find_engine, require_tensorrt
         from cellsynth.bundle.load import load_bundle
-        from cellsynth.export.tensorrt import build_engine, find_engine, require_tensorrt
 
         index = cuda_device_index(device)
         trt, props = require_tensorrt(index)  # before anything else: a clear error without GPU
@@ -392,7 +394,7 @@ class TensorRTDenoiser(CudaDenoiser):
                 b.model_in.zero_()
             sched = copy.copy(scheduler)  # the caller's scheduler is not stepped
             if history:
-                sched._history = b.history  # allocated now: no allocation while capturing
+                sched.use_history_buffer(b.history)  # allocated now: no allocation while capturing
             c = _Context(self._new_context())
             # Prime the context for these shapes and addresses (deferred shape work).
             self._current = c

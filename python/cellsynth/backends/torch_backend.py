@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from cellsynth.backends.base import Decoder, Denoiser
-from cellsynth.bundle.load import Bundle, _require_torch
+from cellsynth.bundle.load import Bundle
+from cellsynth.torch_entry import require_torch
 
 
 class TorchDenoiser(Denoiser):
@@ -43,7 +44,7 @@ class TorchDenoiser(Denoiser):
         cuda_graphs: bool = True,
     ) -> None:
         super().__init__()
-        torch = _require_torch()
+        torch = require_torch()
         self._torch = torch
         if threads:
             torch.set_num_threads(int(threads))
@@ -140,7 +141,7 @@ class TorchDecoder(Decoder):
         threads: int | None = None,
     ) -> None:
         super().__init__(autoencoder, latent_scale)
-        torch = _require_torch()
+        torch = require_torch()
         self._torch = torch
         if threads:
             torch.set_num_threads(int(threads))

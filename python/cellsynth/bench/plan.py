@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cellsynth.errors import DataError
+from cellsynth.scheduler import SCHEDULER_NAMES
 
-SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 # 'torch-eager' is the torch engine without CUDA-graph capture (the same as 'torch' on a CPU).
 ENGINES = ("onnxruntime", "torch", "torch-eager", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -76,10 +76,10 @@ def parse_schedulers(specs: Sequence[str], max_steps: int) -> list[tuple[str, in
     out: list[tuple[str, int]] = []
     for spec in specs:
         name, _, steps = str(spec).partition(":")
-        if name not in SCHEDULERS:
+        if name not in SCHEDULER_NAMES:
             raise DataError(
                 f"unknown scheduler {name!r} in {spec!r}: use NAME:STEPS[,STEPS...] with NAME "
-                f"one of {', '.join(SCHEDULERS)} (e.g. ddim:100,50 dpmsolver++:20,10)"
+                f"one of {', '.join(SCHEDULER_NAMES)} (e.g. ddim:100,50 dpmsolver++:20,10)"
             )
         counts = parse_ints(steps, f"steps of {name}") if steps else [max_steps]
         for n in counts:

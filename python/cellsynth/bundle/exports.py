@@ -47,18 +47,44 @@ ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 AUTOENCODER_PARTS = ("encoder", "decoder")  # ONNX keys of an autoencoder bundle's exports
 
 
-def _bundle_root_and_hash(bundle: Any) -> tuple[Path, str]:
+def _as_bundle(bundle: Any) -> Any:
+    """The Bundle itself, or the bundle at a path or name (loaded without re-hashing weights)."""
     from cellsynth.bundle.load import load_bundle
 
-    b = load_bundle(bundle, verify_weights=False) if not hasattr(bundle, "hash") else bundle
-    return Path(b.path), b.hash
+    return load_bundle(bundle, verify_weights=False)
 
 
 def read_exports(bundle: Any, discard_stale: bool = False) -> dict[str, Any]:
-    """The bundle's export manifest (an empty one when nothing was exported yet).
+    """The bundle's export manifest (an empty one when nothing was exported yet), as a copy.
 
     ``discard_stale`` returns an empty manifest instead of raising when the recorded exports
-    belong to another config.json (a new export replaces them all).
+    belong to another config.json (a new export replaces them all). A Bundle keeps the parsed
+    manifest (:meth:`~cellsynth.bundle.load.Bundle.exports`), so pass the object, not its path.
+
+    Raises
+    ------
+    BundleError
+        As :func:`parse_exports`.
+    """
+    b = _as_bundle(bundle)
+    path = Path(b.path) / EXPORTS_FILE
+    if discard_stale and path.is_file() and _stale(path, b.hash):
+        return _empty_manifest(b.hash)
+    return b.exports()
+
+
+def _empty_manifest(bundle_hash: str) -> dict[str, Any]:
+    return {
+        "format": EXPORTS_FORMAT,
+        "format_version": EXPORTS_VERSION,
+        "bundle_hash": bundle_hash,
+        **{k: {} for k in KINDS},
+    }
+
+
+def parse_exports(root: Path, bundle_hash: str) -> dict[str, Any]:
+    """Read and check ``root/exports.json`` for the bundle whose config.json hashes to
+    ``bundle_hash``; an empty manifest when the file does not exist.
 
     Raises
     ------
@@ -66,15 +92,9 @@ def read_exports(bundle: Any, discard_stale: bool = False) -> dict[str, Any]:
         If exports.json is corrupt, of another format version, or belongs to a different
         config.json (the model was retrained or edited after exporting).
     """
-    root, bundle_hash = _bundle_root_and_hash(bundle)
     path = root / EXPORTS_FILE
-    if not path.is_file() or (discard_stale and _stale(path, bundle_hash)):
-        return {
-            "format": EXPORTS_FORMAT,
-            "format_version": EXPORTS_VERSION,
-            "bundle_hash": bundle_hash,
-            **{k: {} for k in KINDS},
-        }
+    if not path.is_file():
+        return _empty_manifest(bundle_hash)
     try:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -118,8 +138,9 @@ def export_path(bundle: Any, kind: str, key: str, verify: bool = True) -> Path:
     BundleError
         If it was never exported (with the command that makes it), is missing, or is corrupt.
     """
-    root, _ = _bundle_root_and_hash(bundle)
-    entry = export_entry(bundle, kind, key)
+    b = _as_bundle(bundle)
+    root = Path(b.path)
+    entry = export_entry(b, kind, key)
     if entry is None:
         raise BundleError(
             f"{root} has no {kind} export {key!r}; make it with: {_hint(root, kind, key)}"
@@ -175,8 +196,9 @@ def record_export(
     same export (the onnxruntime-fused graph), moved beside it and listed as ``entry[field]``'s
     ``file`` and ``sha256``.
     """
-    root, _ = _bundle_root_and_hash(bundle)
-    manifest = read_exports(bundle, discard_stale=True)
+    b = _as_bundle(bundle)
+    root = Path(b.path)
+    manifest = read_exports(b, discard_stale=True)
     record = dict(entry)
     # Both files move in before the manifest is rewritten: a failure in between leaves the old
     # manifest, whose checksums then name the replaced file instead of trusting it.
@@ -210,9 +232,9 @@ def fused_graph_path(bundle: Any, precision: str) -> Path | None:
     BundleError
         If it is listed but missing or corrupt.
     """
-    root, _ = _bundle_root_and_hash(bundle)
-    graph = (export_entry(bundle, "onnx", precision) or {}).get("onnxruntime_graph") or {}
-    return _checked_file(root, graph) if graph.get("file") else None
+    b = _as_bundle(bundle)
+    graph = (export_entry(b, "onnx", precision) or {}).get("onnxruntime_graph") or {}
+    return _checked_file(Path(b.path), graph) if graph.get("file") else None
 
 
 def check_tensorrt_kind(bundle: Any) -> None:

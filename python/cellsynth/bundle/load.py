@@ -26,6 +26,8 @@ used, and every failure names the file and what is wrong with it.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -37,16 +39,17 @@ from typing import Any
 import numpy as np
 
 from cellsynth._version import __version__
-from cellsynth.errors import BundleError, MissingDependencyError
+from cellsynth.errors import BundleError
 from cellsynth.files import atomic_directory, default_file_mode, sha256_file
+from cellsynth.scheduler import PREDICTION_TYPES
 from cellsynth.scheduler.schedules import NoiseSchedule
+from cellsynth.torch_entry import build_module, require_torch
 
 FORMAT_NAME = "cellsynth-bundle"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
 VAR_FILE = "var.json"
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 KINDS = ("diffusion", "autoencoder", "latent_diffusion")
 AUTOENCODER_DIR = "autoencoder"  # where a latent-diffusion bundle keeps its autoencoder
 _COMMON_KEYS = ("format", "format_version", "architecture", "genes", "preprocessing", "labels")
@@ -64,14 +67,6 @@ KIND_WEIGHTS = {
 
 # Bundles shipped inside the package, addressable by name wherever a bundle path is accepted.
 SHIPPED_DIR = Path(__file__).parents[1] / "models"  # python/cellsynth/models
-
-# Architecture name -> (module, class). Import is deferred so the runtime never needs torch.
-ARCHITECTURES = {
-    "dit": ("cellsynth.training.dit", "DiT"),
-    "autoencoder": ("cellsynth.training.autoencoder", "AutoEncoder"),
-    "count_autoencoder": ("cellsynth.training.count_autoencoder", "CountAutoEncoder"),
-    "scdg": ("cellsynth.training.scdg", "SCDG"),
-}
 
 
 @dataclass(frozen=True)
@@ -135,10 +130,18 @@ class LabelSpec:
 
 @dataclass
 class Bundle:
-    """A validated model bundle (see :func:`load_bundle`)."""
+    """A validated model bundle (see :func:`load_bundle`).
+
+    Load it once per run and pass the object on: what it reads from disk after loading (its
+    autoencoder, its exports manifest, its gene table) is kept on it.
+    """
 
     path: Path
     config: dict[str, Any]
+    # (exports.json's stat stamp, its parsed manifest): re-read only when the file changes
+    _exports: tuple[Any, dict[str, Any]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -153,8 +156,8 @@ class Bundle:
     def genes(self) -> list[str]:
         return list(self.config["genes"])
 
-    @property
-    def var(self) -> Any:
+    @functools.cached_property
+    def _var_table(self) -> Any:
         """The genes' metadata as a pandas DataFrame indexed by gene (an output's ``var``).
 
         A latent-diffusion bundle's genes are its autoencoder's, and so is this table. A bundle
@@ -162,17 +165,29 @@ class Bundle:
         """
         from cellsynth.data.gene_metadata import empty_var, read_var
 
-        root = self.path / AUTOENCODER_DIR if self.kind == "latent_diffusion" else self.path
+        if self.kind == "latent_diffusion":
+            return self.autoencoder._var_table
+        root = self.path
         if not (root / VAR_FILE).is_file():
             return empty_var(self.genes)
         return read_var(root / VAR_FILE, self.genes)
+
+    @property
+    def var(self) -> Any:
+        """The genes' metadata as a pandas DataFrame indexed by gene (an output's ``var``).
+
+        A latent-diffusion bundle's genes are its autoencoder's, and so is this table. A bundle
+        written before gene metadata was kept gives the genes with no columns. Read once; each
+        call returns a copy the caller may change.
+        """
+        return self._var_table.copy()
 
     @property
     def width(self) -> int:
         """Width of the vectors the model maps: genes, or latent dimensions for latent diffusion."""
         return int(self.config["architecture"]["n_genes"])
 
-    @property
+    @functools.cached_property
     def autoencoder(self) -> Bundle:
         """The autoencoder of a latent-diffusion bundle (or the bundle itself if it is one)."""
         if self.kind == "autoencoder":
@@ -212,6 +227,23 @@ class Bundle:
         """The value silent genes had in model space (the zero-negation value)."""
         return float(self.config["preprocessing"]["zero_value"])
 
+    def exports(self) -> dict[str, Any]:
+        """The exports manifest (exports.json; an empty one before the first export), as a copy.
+
+        Parsed once and kept; re-read only when the file changed on disk (an export made in
+        this process). Raises BundleError as :func:`cellsynth.bundle.exports.parse_exports`.
+        """
+        from cellsynth.bundle.exports import EXPORTS_FILE, parse_exports
+
+        try:
+            st = (self.path / EXPORTS_FILE).stat()
+            stamp: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._exports is None or self._exports[0] != stamp:
+            self._exports = (stamp, parse_exports(self.path, self.hash))
+        return copy.deepcopy(self._exports[1])
+
     @property
     def hash(self) -> str:
         """SHA-256 of config.json, which itself pins the SHA-256 of every weight file."""
@@ -230,43 +262,14 @@ class Bundle:
         Its forward takes ``(x: float32 [B, G], t: [B], labels: int64 [B, K])`` and returns the
         model output ``[B, G]`` (of the bundle's ``prediction_type``).
         """
-        torch = _require_torch()
+        torch = require_torch()
         from safetensors.torch import load_file
 
-        module = _build_module(self.architecture, device="cpu")
+        module = build_module(self.architecture, device="cpu")
         state = load_file(str(self.weights_path(weights)))
         _check_state_matches(module, state, self.weights_path(weights))
         module.load_state_dict(state, strict=True)
         return module.to(torch.device(device)).eval()
-
-
-def _require_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only where torch is absent
-        raise MissingDependencyError(
-            "this needs PyTorch: pip install torch==2.13.0 && pip install 'cellsynth[train]'"
-        ) from exc
-    return torch
-
-
-def _build_module(architecture: Mapping[str, Any], device: str = "cpu") -> Any:
-    import importlib
-
-    arch = dict(architecture)
-    name = arch.pop("name", None)
-    if name not in ARCHITECTURES:
-        raise BundleError(
-            f"unknown architecture {name!r}; this cellsynth knows {sorted(ARCHITECTURES)}"
-        )
-    module_name, class_name = ARCHITECTURES[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    torch = _require_torch()
-    with torch.device(device):
-        try:
-            return cls(**arch)
-        except TypeError as exc:
-            raise BundleError(f"architecture options do not fit {class_name}: {exc}") from exc
 
 
 def _check_state_matches(module: Any, shapes: Mapping[str, Any], where: Path) -> None:
@@ -528,6 +531,7 @@ def _validate_autoencoder_link(bundle: Bundle) -> None:
     ae = load_bundle(sub)
     if ae.kind != "autoencoder":
         raise BundleError(f"{sub} is a {ae.kind} bundle, not an autoencoder")
+    bundle.__dict__["autoencoder"] = ae  # the cached_property's slot: validated once, kept
     if ae.genes != bundle.genes:
         raise BundleError(f"{where}: 'genes' differs from its autoencoder's genes")
     latent = ae.architecture.get("latent_dim")
@@ -575,6 +579,6 @@ def _validate_weights(bundle: Bundle, check_against_torch: bool, verify_weights:
             import torch  # noqa: F401
         except ImportError:
             return  # the torch-free runtime checks checksums and headers only
-        module = _build_module(bundle.architecture, device="meta")
+        module = build_module(bundle.architecture, device="meta")
         for path, shapes in headers:
             _check_state_matches(module, shapes, path)

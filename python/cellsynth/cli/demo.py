@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cellsynth.scheduler import SCHEDULER_NAMES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -27,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="a balanced set instead: this many cells of every label combination",
     )
-    p.add_argument("--scheduler", default="dpmsolver++", choices=["ddim", "ddpm", "dpmsolver++"])
+    p.add_argument("--scheduler", default="dpmsolver++", choices=SCHEDULER_NAMES)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellsynth.cli import training_module
+from cellsynth.torch_entry import torch_module
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     from cellsynth.files import check_output
 
     check_output(args.out, args.overwrite)
-    distill = training_module("distill", "distillation").distill
+    distill = torch_module("training.distill", "distillation").distill
     import torch
 
     from cellsynth.files import write_h5ad

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellsynth.cli import training_module
+from cellsynth.torch_entry import torch_module
 
 CLASSIFIERS = ("logreg", "mlp", "transformer")  # as in cellsynth.training.classifiers
 BASELINES = (  # as in cellsynth.training.distill_eval
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     from cellsynth.files import check_output
 
     check_output(args.out, args.overwrite, directory=True)
-    module = training_module("distill_eval", "distill-eval (it trains classifiers)")
+    module = torch_module("training.distill_eval", "distill-eval (it trains classifiers)")
     evaluate_distilled, write_report = module.evaluate_distilled, module.write_report
     names = module.CLASSIFIER_NAMES
     import torch

@@ -109,7 +109,9 @@ def _refuse_read_only(args: argparse.Namespace, source: Path) -> None:
 
 def _onnx(args: argparse.Namespace, path: Path, shown: str) -> None:
     from cellsynth.bundle.load import load_bundle
-    from cellsynth.export.onnx import export_latent_onnx, export_onnx
+    from cellsynth.torch_entry import torch_module
+
+    onnx_export = torch_module("export.onnx", "ONNX export")
 
     precision = "fp16" if args.fp16 else args.quantize or "fp32"
     options = {
@@ -123,14 +125,14 @@ def _onnx(args: argparse.Namespace, path: Path, shown: str) -> None:
     if bundle.kind == "diffusion":
         if args.no_encoder:
             args.parser.error("--no-encoder only for latent_diffusion or autoencoder bundles")
-        entry = export_onnx(bundle, precision=precision, **options)
+        entry = onnx_export.export_onnx(bundle, precision=precision, **options)
         print("\n".join(report_lines(shown, entry)))
         return
     if bundle.kind == "autoencoder" and precision != "fp32":
         args.parser.error(
             "an autoencoder exports in fp32 only; --fp16 and --quantize apply to a denoiser"
         )
-    entries = export_latent_onnx(
+    entries = onnx_export.export_latent_onnx(
         bundle, encoder=not args.no_encoder, precision=precision, **options
     )
     for name, entry in entries.items():
@@ -143,9 +145,10 @@ def _tensorrt(args: argparse.Namespace, path: Path, shown: str) -> None:
     from cellsynth.bundle.exports import check_tensorrt_kind
     from cellsynth.bundle.load import load_bundle
 
-    check_tensorrt_kind(load_bundle(path, verify_weights=False))
+    bundle = load_bundle(path)
+    check_tensorrt_kind(bundle)
     try:
-        from cellsynth.export.tensorrt import build_engine
+        from cellsynth.backends.tensorrt_build import build_engine
     except ImportError as exc:
         from cellsynth.errors import MissingDependencyError
 
@@ -155,7 +158,7 @@ def _tensorrt(args: argparse.Namespace, path: Path, shown: str) -> None:
         ) from exc
     opts = {k: getattr(args, k) for k in TENSORRT_DEFAULTS}
     opts = {k: v if v is not None else TENSORRT_DEFAULTS[k] for k, v in opts.items()}
-    entry = build_engine(load_bundle(path), onnx_precision="fp32", progress=True, **opts)
+    entry = build_engine(bundle, onnx_precision="fp32", progress=True, **opts)
     where = os.path.join(shown, entry["file"]) if entry.get("file") else entry.get("path", "")
     gpu = f" for {entry['gpu']}" if entry.get("gpu") else ""
     built = f" in {entry['build_seconds']:.0f} s" if entry.get("build_seconds") else ""

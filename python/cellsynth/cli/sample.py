@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cellsynth.scheduler import SCHEDULER_NAMES, TIMESTEP_SPACINGS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate synthetic cells from a bundle")
@@ -30,13 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scheduler",
         default="ddim",
-        choices=["ddim", "ddpm", "dpmsolver++"],
+        choices=SCHEDULER_NAMES,
         help="update rule (default: ddim); dpmsolver++ needs only 10-20 steps",
     )
     p.add_argument(
         "--timestep-spacing",
         default="leading",
-        choices=["leading", "trailing", "linspace", "quadratic"],
+        choices=TIMESTEP_SPACINGS,
         help="which training timesteps the steps visit (default: leading)",
     )
     p.add_argument(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cellsynth.cli import training_module
+from cellsynth.scheduler import PREDICTION_TYPES
+from cellsynth.torch_entry import torch_module
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dit.add_argument(
         "--prediction-type",
         default="sample",
-        choices=["epsilon", "sample", "v_prediction"],
+        choices=PREDICTION_TYPES,
         help="what the network predicts (default: sample, i.e. x0)",
     )
     dit.add_argument(
@@ -273,7 +274,7 @@ def run_autoencoder(args: argparse.Namespace) -> None:
     if not args.kl_weight >= 0:
         raise ValueError(f"--kl-weight must be >= 0, got {args.kl_weight}")
     _set_threads(args)
-    path = training_module("train_autoencoder").train_autoencoder_bundle(
+    path = torch_module("training.train_autoencoder").train_autoencoder_bundle(
         args.data,
         args.out,
         label_keys=args.label,
@@ -302,7 +303,7 @@ def run_scdg(args: argparse.Namespace) -> None:
     if args.epochs is not None:
         _positive(args, "epochs")
     _set_threads(args)
-    path = training_module("train_scdg").train_scdg_bundle(
+    path = torch_module("training.train_scdg").train_scdg_bundle(
         args.autoencoder,
         args.data,
         args.label,
@@ -320,7 +321,7 @@ def run_scdg(args: argparse.Namespace) -> None:
 
 
 def run_dit(args: argparse.Namespace) -> None:
-    train_dit_bundle = training_module("train_dit").train_dit_bundle
+    train_dit_bundle = torch_module("training.train_dit").train_dit_bundle
     _positive(args, "batch_size", "n_top_genes")
     if args.validate_every < 0:
         raise ValueError("--validate-every must be >= 0 (0: validate only at the end)")

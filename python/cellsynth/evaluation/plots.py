@@ -19,7 +19,8 @@ MAX_POINTS = 5000
 REAL_COLOUR, SYN_COLOUR = "0.55", "tab:red"
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display); imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,10 +29,11 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG at ``path`` atomically (temporary name, then rename) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -41,7 +43,7 @@ def _rows(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _colours(classes: list[str]) -> dict[str, tuple]:
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.cm.tab10 if len(classes) <= 10 else plt.cm.tab20
     return {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
 
@@ -56,7 +58,7 @@ def embedding_figure(
     path: Path,
 ) -> Path:
     """Panels on 2-D coordinates [n, 2] / [m, 2]: both by source; real and synthetic by label."""
-    plt = _plt()
+    plt = pyplot()
     n_panels = 3 if real_labels is not None else 1
     fig, axes = plt.subplots(
         1, n_panels, figsize=(5.6 * n_panels, 5), sharex=True, sharey=True, squeeze=False
@@ -91,12 +93,12 @@ def embedding_figure(
         ax.set_xlabel(f"{axis}1 (fitted on real cells)")
     axes[0].set_ylabel(f"{axis}2")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def stat_scatter(real_stat: np.ndarray, syn_stat: np.ndarray, what: str, path: Path) -> Path:
     """Per-gene statistic [G], real (x) against synthetic (y), with the diagonal and Pearson r."""
-    plt = _plt()
+    plt = pyplot()
     ok = np.isfinite(real_stat) & np.isfinite(syn_stat)
     r = sound.pearson(real_stat[ok], syn_stat[ok])
     fig, ax = plt.subplots(figsize=(5.2, 5))
@@ -109,7 +111,7 @@ def stat_scatter(real_stat: np.ndarray, syn_stat: np.ndarray, what: str, path: P
     ax.set_title(f"{what} per gene\n{ok.sum()} genes, Pearson r = {r:.3f}")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def violins(
@@ -120,7 +122,7 @@ def violins(
     path: Path,
 ) -> Path:
     """Two violin panels: per-cell zero proportion and per-gene CV, real against synthetic."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, (r, s), title in (
         (axes[0], (real_zero_cell, syn_zero_cell), "zero proportion per cell"),
@@ -142,7 +144,7 @@ def violins(
         fontsize=9,
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def class_means(x: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -194,7 +196,7 @@ def matrixplot(
     Each gene's colour is its class mean divided by its largest class mean over both panels, so
     the two panels share a scale per gene and a marker shows as a bright cell in its row.
     """
-    plt = _plt()
+    plt = pyplot()
     classes = sorted(set(real_labels))
     per_class = int(np.clip(40 // max(len(classes), 1), 3, 5))
     markers = top_markers(real, real_labels, classes, per_class)
@@ -218,7 +220,7 @@ def matrixplot(
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_title(f"{who}: mean expression per {key}")
     fig.colorbar(im, ax=axes, fraction=0.025, label="class mean / largest class mean of the gene")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _umap_coords(real: np.ndarray, syn: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,9 +64,8 @@ from cellsynth.generation.counts import (
     expression_to_counts,
 )
 from cellsynth.generation.h5ad_stream import StreamingH5ADWriter
+from cellsynth.scheduler import SCHEDULER_NAMES, TIMESTEP_SPACINGS
 
-SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 NOISE = "philox4x32-10"
 DEFAULT_CHUNK_CELLS = 8192
 # log1p-normalised expression beyond this is garbage, not a cell (a real cell's values stay below
@@ -644,8 +643,8 @@ def _check_options(
     T = b.schedule.num_train_timesteps
     if not 1 <= steps <= T:
         raise DataError(f"steps must be between 1 and the {T} training timesteps, got {steps}")
-    if scheduler not in SCHEDULERS:
-        raise DataError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if scheduler not in SCHEDULER_NAMES:
+        raise DataError(f"scheduler must be one of {SCHEDULER_NAMES}, got {scheduler!r}")
     if not (math.isfinite(eta) and 0 <= eta <= 1):
         raise DataError(f"eta must be between 0 (deterministic) and 1 (DDPM-like), got {eta}")
     if timestep_spacing not in TIMESTEP_SPACINGS:

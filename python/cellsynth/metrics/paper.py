@@ -27,13 +27,13 @@ from scipy.stats import wasserstein_distance
 BLOCK = 1024
 
 
-def _as_float(x: np.ndarray) -> np.ndarray:
+def as_float(x: np.ndarray) -> np.ndarray:
     """Keep float32/float64 as given (float32 halves memory and time); anything else -> float64."""
     x = np.asarray(x)
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
-def _sq_dists(a: np.ndarray, b: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+def sq_dists(a: np.ndarray, b: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances [p, q] from ||a||^2 + ||b||^2 - 2 a.b, clipped at 0.
 
     The expansion turns the distance into one matrix product (BLAS) instead of a [p, q, d] tensor.
@@ -75,7 +75,7 @@ def kernel_sum(
     for i in range(0, len(a), block):
         # Symmetric: only blocks on or right of the diagonal, off-diagonal ones counted twice.
         for j in range(i if sym else 0, len(b), block):
-            d = _sq_dists(
+            d = sq_dists(
                 a[i : i + block], b[j : j + block], a_sq[i : i + block], b_sq[j : j + block]
             )
             if sym and i == j:
@@ -230,7 +230,7 @@ def mmd_multikernel(
     -------
     Mean over gene chunks of the chunk MMD (>= 0 up to rounding; 0 for identical sets).
     """
-    real, synthetic = _as_float(real), _as_float(synthetic)
+    real, synthetic = as_float(real), as_float(synthetic)
     if real.shape[1] != synthetic.shape[1]:
         raise ValueError(
             f"gene counts differ: real {real.shape[1]}, synthetic {synthetic.shape[1]}"

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import rankdata
 
-from cellsynth.metrics.paper import BLOCK, _as_float, _sq_dists, kernel_sum
+from cellsynth.metrics.paper import BLOCK, as_float, kernel_sum, sq_dists
 
 # --------------------------------------------------------------------------------------------
 # PCA
@@ -35,7 +35,7 @@ def fit_pca_randomized(
     ~11 s. ``n_iter`` power iterations with 10 oversampling columns make the top-50 subspace
     accurate for expression data, whose spectrum decays fast.
     """
-    x = _as_float(x)
+    x = as_float(x)
     mean = x.mean(axis=0, dtype=np.float64)
     xc = x - mean.astype(x.dtype)  # [n, G]
     k = min(n_components, *xc.shape)
@@ -52,7 +52,7 @@ def fit_pca_randomized(
 
 def project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """PCA scores [n, k] = (x - mean) @ components.T, in x's float precision."""
-    x = _as_float(x)
+    x = as_float(x)
     return (x - mean.astype(x.dtype)) @ components.T.astype(x.dtype)
 
 
@@ -86,7 +86,7 @@ def mmd2_unbiased(
     Its expectation is 0 when x and y share a distribution, so it can be slightly negative.
     Pass the same ``sigma2`` to compare two values (a metric and its floor). Needs n, m >= 2.
     """
-    x, y = _as_float(x), _as_float(y)
+    x, y = as_float(x), as_float(y)
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         return float("nan")
@@ -235,7 +235,7 @@ def _knn_indices(query: np.ndarray, train: np.ndarray, k: int, block: int = BLOC
     out = np.empty((len(query), k), dtype=np.int64)
     for s in range(0, len(query), block):
         q = query[s : s + block]
-        d = _sq_dists(q, train, np.einsum("ij,ij->i", q, q), t_sq)
+        d = sq_dists(q, train, np.einsum("ij,ij->i", q, q), t_sq)
         out[s : s + block] = np.argpartition(d, k - 1, axis=1)[:, :k]
     return out
 
@@ -259,7 +259,7 @@ def knn_auc(
     fold would have fewer than k cells.
     """
     rng = np.random.default_rng(seed)
-    x, y = _as_float(x), _as_float(y)
+    x, y = as_float(x), as_float(y)
     n0 = min(len(x), len(y), max_cells if max_cells is not None else len(x))
     if n0 < 2 or 2 * n0 - int(np.ceil(2 * n0 / n_folds)) < k:
         return float("nan")

@@ -36,6 +36,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "PREDICTION_TYPES",
     "SCHEDULERS",
+    "SCHEDULER_NAMES",
     "SchedulerConfig",
     "TIMESTEP_SPACINGS",
     "scheduler_for_bundle",
@@ -47,6 +48,7 @@ SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "dpmsolver++": DPMSolverMultistepScheduler,
 }
+SCHEDULER_NAMES = tuple(SCHEDULERS)  # what --scheduler accepts everywhere
 
 _SCHEDULE_KEYS = (
     "num_train_timesteps",

@@ -199,6 +199,13 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self._step_index: int | None = None
         self._history: Any = None
 
+    def use_history_buffer(self, buffer: Any) -> None:
+        """Keep the second-order history in ``buffer`` (same shape, type and device as the batch).
+
+        A CUDA-graph capture must not allocate, so the TensorRT backend hands in a buffer it owns.
+        """
+        self._history = buffer
+
     @property
     def step_index(self) -> int | None:
         """The index of the next step in :attr:`timesteps` (None before the first step)."""
