@@ -137,9 +137,9 @@ def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_pa
     """A resumed auto run uses the engine its kept chunks were made with, not a new measurement."""
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generation.run")
+    gen_module = importlib.import_module("cellsynth.generation.sampling")
     out = tmp_path / "cells.h5ad"
-    original, calls = gen_module._Run.chunk, {"n": 0}
+    original, calls = gen_module.ChunkSampler.chunk, {"n": 0}
 
     def dies_after_two(self, *args, **kwargs):
         calls["n"] += 1
@@ -149,7 +149,7 @@ def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_pa
 
     run = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
     with monkeypatch.context() as m:
-        m.setattr(gen_module._Run, "chunk", dies_after_two)
+        m.setattr(gen_module.ChunkSampler, "chunk", dies_after_two)
         with pytest.raises(KeyboardInterrupt):
             cellsynth.generate(tiny_onnx_bundle, engine="torch", device="cpu", out=out, **run)
     got = cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", out=out, resume=True,

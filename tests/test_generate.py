@@ -152,3 +152,40 @@ def test_bad_options_are_named(tiny_bundle: Path, kwargs: dict, message: str) ->
     opts = dict(n_cells=4, steps=2, progress=False) | kwargs
     with pytest.raises(DataError, match=message):
         cellsynth.generate(tiny_bundle, **opts)
+
+
+def test_grouped_options_and_flat_keywords_make_the_same_cells(tiny_bundle: Path) -> None:
+    from cellsynth.generation.options import OutputOptions, RuntimeOptions, SamplingOptions
+
+    flat = cellsynth.generate(
+        tiny_bundle, 20, steps=4, seed=5, scheduler="dpmsolver++", batch_size=8,
+        engine="torch", progress=False,
+    )  # fmt: skip
+    grouped = cellsynth.generate(
+        tiny_bundle,
+        20,
+        sampling=SamplingOptions(steps=4, seed=5, scheduler="dpmsolver++", batch_size=8),
+        runtime=RuntimeOptions(engine="torch"),
+        output=OutputOptions(progress=False),
+    )
+    np.testing.assert_array_equal(flat.X.toarray(), grouped.X.toarray())
+    # a flat keyword overrides its group's field
+    other = cellsynth.generate(
+        tiny_bundle, 20, sampling=SamplingOptions(steps=4, seed=5, batch_size=8), seed=6,
+        engine="torch", progress=False,
+    )  # fmt: skip
+    assert other.uns["cellsynth"]["seed"] == 6
+
+
+def test_option_groups_refuse_bad_values_before_any_work() -> None:
+    from cellsynth.generation.options import OutputOptions, RuntimeOptions, SamplingOptions
+
+    with pytest.raises(DataError, match="eta applies to the ddim scheduler only"):
+        SamplingOptions(scheduler="ddpm", eta=0.5)
+    with pytest.raises(DataError, match="threads must be a whole number"):
+        RuntimeOptions(threads=0)
+    with pytest.raises(DataError, match="resume needs an output file"):
+        OutputOptions(resume=True)
+    assert OutputOptions(chunk_size=10).chunk_cells(batch_size=8) == 16
+    with pytest.raises(TypeError, match=r"unexpected options \['stepz'\]"):
+        cellsynth.generate("no-such-bundle", 10, stepz=3)

@@ -45,11 +45,11 @@ def test_resume_after_an_interruption_gives_the_same_values(
 ) -> None:
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generation.run")  # the module, not the function
+    gen_module = importlib.import_module("cellsynth.generation.sampling")
 
     out = tmp_path / "cells.h5ad"
     calls = {"n": 0}
-    original = gen_module._Run.chunk
+    original = gen_module.ChunkSampler.chunk
 
     def dies_on_third_chunk(self, *args, **kwargs):
         calls["n"] += 1
@@ -57,7 +57,7 @@ def test_resume_after_an_interruption_gives_the_same_values(
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(gen_module._Run, "chunk", dies_on_third_chunk)
+    monkeypatch.setattr(gen_module.ChunkSampler, "chunk", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         cellsynth.generate(tiny_bundle, out=out, chunk_size=10, **KW)
     assert not out.exists()
@@ -79,8 +79,8 @@ def test_resume_after_an_interruption_gives_the_same_values(
 def _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks: int, **kw) -> None:
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generation.run")
-    original, calls = gen_module._Run.chunk, {"n": 0}
+    gen_module = importlib.import_module("cellsynth.generation.sampling")
+    original, calls = gen_module.ChunkSampler.chunk, {"n": 0}
 
     def dies(self, *args, **kwargs):
         calls["n"] += 1
@@ -89,7 +89,7 @@ def _interrupted_run(tiny_bundle, out, monkeypatch, after_chunks: int, **kw) -> 
         return original(self, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(gen_module._Run, "chunk", dies)
+        m.setattr(gen_module.ChunkSampler, "chunk", dies)
         with pytest.raises(KeyboardInterrupt):
             cellsynth.generate(tiny_bundle, out=out, chunk_size=10, **{**KW, **kw})
 
@@ -178,7 +178,7 @@ def test_another_batch_size_agrees_to_float_rounding(tiny_bundle, reference) -> 
 
 
 def test_shard_boundaries_lie_on_the_batch_grid() -> None:
-    from cellsynth.generation.run import chunk_bounds, shard_range
+    from cellsynth.generation.shards import chunk_bounds, shard_range
 
     assert [shard_range(45, (k, 3), align=5) for k in range(3)] == [(0, 15), (15, 30), (30, 45)]
     assert [shard_range(45, (k, 2), align=8) for k in range(2)] == [(0, 16), (16, 45)]
@@ -188,7 +188,7 @@ def test_shard_boundaries_lie_on_the_batch_grid() -> None:
 
 
 def test_bad_shards_are_refused(tiny_bundle) -> None:
-    from cellsynth.generation.run import parse_shard
+    from cellsynth.generation.shards import parse_shard
 
     for shard in [(2, 2), (-1, 2), (0, 0)]:
         with pytest.raises(DataError, match="shard"):

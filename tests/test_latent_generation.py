@@ -177,10 +177,10 @@ def test_latent_cells_do_not_depend_on_chunks_or_shards(exported, cells, tmp_pat
 
 def test_latents_are_not_truncated(exported):
     from cellsynth.backends.torch_backend import TorchDenoiser
-    from cellsynth.generation.run import _make_scheduler
+    from cellsynth.generation.sampling import make_scheduler
 
     b = load_bundle(exported[0])
-    sched = _make_scheduler(b, "ddim", "leading", seed=0)
+    sched = make_scheduler(b, "ddim", "leading", seed=0)
     sched.set_timesteps(5)
     labels = np.zeros((64, 1), np.int64)
     z = TorchDenoiser(b).denoise(sched, sched.init_noise(64, 8), labels, labels + 3, 1.0, 0, {})

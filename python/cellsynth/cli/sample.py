@@ -122,7 +122,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth.generation.run import generate, parse_shard
+    from cellsynth.generation.options import OutputOptions
+    from cellsynth.generation.run import run_generation
+    from cellsynth.generation.shards import parse_shard
 
     ray_only = {"--workers": args.workers, "--shards": args.shards}
     if args.ray is None and (any(v is not None for v in ray_only.values()) or args.gpus_per_worker):
@@ -131,15 +133,14 @@ def run(args: argparse.Namespace) -> None:
         return _run_on_ray(args)
     if not args.out.endswith(".h5ad"):
         raise ValueError(f"--out must end in .h5ad, got {args.out!r}")
-    adata = generate(
-        args.bundle,
-        n_cells=args.n_cells,
-        **_options(args),
-        shard=parse_shard(args.shard) if args.shard else None,
+    output = OutputOptions(
         out=args.out,
         resume=args.resume,
+        chunk_size=args.chunk_size,
         overwrite=args.overwrite,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
+    adata = run_generation(args.bundle, args.n_cells, *_options(args), output)
     info = adata.uns["cellsynth"]
     print(
         f"wrote {adata.n_obs} cells x {adata.n_vars} genes to {args.out} "
@@ -148,12 +149,13 @@ def run(args: argparse.Namespace) -> None:
     adata.file.close()
 
 
-def _options(args: argparse.Namespace) -> dict:
-    """The arguments of cellsynth.generate that describe the cells (a --ray run passes them on
-    to every shard)."""
+def _options(args: argparse.Namespace) -> tuple:
+    """(SamplingOptions, RuntimeOptions): which cells and how they are computed (a --ray run
+    passes them on to every shard)."""
     from cellsynth.generation.conditions import parse_condition_args
+    from cellsynth.generation.options import RuntimeOptions, SamplingOptions
 
-    return dict(
+    sampling = SamplingOptions(
         steps=args.steps,
         eta=args.eta,
         seed=args.seed,
@@ -162,17 +164,19 @@ def _options(args: argparse.Namespace) -> dict:
         scheduler=args.scheduler,
         timestep_spacing=args.timestep_spacing,
         batch_size=args.batch_size,
-        weights=args.weights,
-        engine=args.engine,
-        device=args.device,
-        precision=args.precision,
-        threads=args.threads,
         composition=args.composition,
         split="even" if args.even else "training",
         counts=args.counts,
         mean=args.mean,
-        chunk_size=args.chunk_size,
     )
+    runtime = RuntimeOptions(
+        engine=args.engine,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        weights=args.weights,
+    )
+    return sampling, runtime
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:
@@ -183,6 +187,7 @@ def _run_on_ray(args: argparse.Namespace) -> None:
             "--ray makes the shards itself and resumes by itself (run the same command again); "
             "drop --shard / --resume"
         )
+    sampling, runtime = _options(args)
     out = distributed.generate(
         args.bundle,
         args.n_cells,
@@ -192,7 +197,9 @@ def _run_on_ray(args: argparse.Namespace) -> None:
         gpus_per_worker=args.gpus_per_worker,
         shards=args.shards,
         overwrite=args.overwrite,
-        **_options(args),
+        sampling=sampling,
+        runtime=runtime,
+        chunk_size=args.chunk_size,
     )
     what = "merged into" if out.suffix == ".h5ad" else "as shard files and manifest.json in"
     print(f"wrote {args.n_cells} cells on Ray, {what} {out}")

@@ -37,6 +37,12 @@ import numpy as np
 
 from cellsynth.errors import CellsynthError, DataError, MissingDependencyError
 from cellsynth.files import atomic_path, check_output
+from cellsynth.generation.options import (
+    RuntimeOptions,
+    SamplingOptions,
+    flat_options,
+    group_options,
+)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cellsynth-shards"
@@ -60,6 +66,8 @@ def generate(
     max_retries: int = 3,
     overwrite: bool = False,
     progress: bool = True,
+    sampling: SamplingOptions | None = None,
+    runtime: RuntimeOptions | None = None,
     **options: Any,
 ) -> Path:
     """Generate ``n_cells`` on Ray and write them to ``out`` (.h5ad file or shard directory).
@@ -78,9 +86,10 @@ def generate(
     max_retries : times Ray runs a shard again after its worker died
     overwrite : replace an existing ``out`` (otherwise an existing output is an error; an
         unfinished run of the same settings is resumed)
-    options : the other arguments of :func:`cellsynth.generate` (steps, scheduler, seed,
-        conditions, composition as a path, batch_size, engine, device, precision, threads,
-        counts, mean, guidance, eta, ...); ``threads`` defaults to the CPUs of a task
+    sampling, runtime : the options of :func:`cellsynth.generate` as groups, or
+    options : the same as flat keywords (steps, scheduler, seed, conditions, composition as a
+        path, batch_size, engine, device, precision, threads, counts, mean, guidance, eta,
+        chunk_size, ...); ``threads`` defaults to the CPUs of a task
 
     Returns
     -------
@@ -92,10 +101,13 @@ def generate(
     forbidden = {"out", "shard", "resume", "overwrite", "progress", "n_cells"} & set(options)
     if forbidden:
         raise DataError(f"distributed.generate sets {sorted(forbidden)} itself; drop them")
-    b = load_bundle(bundle)  # a bad bundle fails here, not in every worker
+    # Bad options and a bad bundle fail here, not in every worker.
+    sampling, runtime, output = group_options(options, sampling, runtime)
+    options = {**flat_options(sampling, runtime), "chunk_size": output.chunk_size}
+    b = load_bundle(bundle)
     if not (isinstance(n_cells, int) and n_cells >= 1):
         raise DataError(f"n_cells must be a whole number >= 1, got {n_cells!r}")
-    batch = int(options.get("batch_size", 512))
+    batch = sampling.batch_size
     out = Path(out)
     merged = out.suffix == ".h5ad"
     parts_dir = out.with_name(out.name + ".shards") if merged else out
@@ -223,7 +235,7 @@ def _plan(b: Any, n_cells: int, shards: int, batch: int, options: Mapping[str, A
 
 def _cells_of(n_cells: int, k: int, shards: int, batch: int) -> tuple[int, int]:
     """Cells [lo, hi) of shard k of ``shards``: ``--shard k/N``'s, or an empty range."""
-    from cellsynth.generation.run import shard_range
+    from cellsynth.generation.shards import shard_range
 
     try:
         return shard_range(n_cells, (k, shards), align=batch)

@@ -29,19 +29,15 @@ then renamed.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-import math
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anndata
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
@@ -49,60 +45,37 @@ from cellsynth.backends import choose_engine, load_engine
 from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.bundle.scale import NORMALISATION
 from cellsynth.errors import BundleError, DataError
-from cellsynth.files import atomic_path, check_output, remove_orphans
-from cellsynth.generation.chunks import ChunkStore
-from cellsynth.generation.conditions import (
-    ConditionValue,
-    LabelRuns,
-    assign_label_runs,
-    composition_label_runs,
+from cellsynth.files import check_output, remove_orphans
+from cellsynth.generation.collect import ChunkCollector
+from cellsynth.generation.conditions import LabelRuns, assign_label_runs, composition_label_runs
+from cellsynth.generation.options import (
+    OutputOptions,
+    RuntimeOptions,
+    SamplingOptions,
+    group_options,
 )
-from cellsynth.generation.counts import (
-    LibraryModel,
-    counts_and_expression,
-    draw_library_sizes,
-    expression_to_counts,
-)
-from cellsynth.generation.h5ad_stream import StreamingH5ADWriter
-from cellsynth.scheduler import SCHEDULER_NAMES, TIMESTEP_SPACINGS
+from cellsynth.generation.sampling import ChunkSampler
+from cellsynth.generation.shards import chunk_bounds, shard_range
 
 NOISE = "philox4x32-10"
-DEFAULT_CHUNK_CELLS = 8192
-# log1p-normalised expression beyond this is garbage, not a cell (a real cell's values stay below
-# log1p(target_sum), about 9; e^1000 overflows every float): it is refused, never written.
-MAX_LOG_EXPRESSION = 1000.0
-# Classifier-free guidance beyond this only amplifies the model's errors (values explode).
-MAX_GUIDANCE = 50.0
 
 
 def generate(
     bundle: str | os.PathLike | Bundle,
     n_cells: int = 1000,
-    steps: int = 50,
-    eta: float = 0.0,
-    seed: int = 0,
-    conditions: Mapping[str, ConditionValue] | None = None,
-    guidance: float = 1.0,
-    scheduler: str = "ddim",
-    timestep_spacing: str = "leading",
-    batch_size: int = 512,
-    weights: str = "ema",
-    engine: str = "auto",
-    device: str = "auto",
-    precision: str | None = None,
-    threads: int | None = None,
-    composition: str | os.PathLike | anndata.AnnData | None = None,
-    split: str = "training",
-    shard: tuple[int, int] | None = None,
-    counts: bool = False,
-    mean: bool = False,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    chunk_size: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
+    *,
+    sampling: SamplingOptions | None = None,
+    runtime: RuntimeOptions | None = None,
+    output: OutputOptions | None = None,
+    **options: Any,
 ) -> anndata.AnnData:
     """Sample synthetic cells.
+
+    The options come as flat keywords (below) or as three groups, ``sampling=``
+    :class:`~cellsynth.generation.options.SamplingOptions` (steps .. mean), ``runtime=``
+    :class:`~cellsynth.generation.options.RuntimeOptions` (weights, engine, device, precision,
+    threads) and ``output=`` :class:`~cellsynth.generation.options.OutputOptions` (out, resume,
+    chunk_size, overwrite, shard, progress); a flat keyword overrides its group's field.
 
     Parameters
     ----------
@@ -171,6 +144,8 @@ def generate(
     overwrite : bool
         With ``out``: replace an existing file (without it, an existing ``out`` is an error,
         raised before any work).
+    progress : bool
+        A progress bar and the engine line on stderr.
 
     Returns
     -------
@@ -184,188 +159,200 @@ def generate(
         (bundle hash, engine, scheduler, spacing, steps, eta, seed, shard, noise, version, ...;
         for a latent bundle also ``kind``, ``latent_scale`` and ``decoder``).
     """
+    sampling, runtime, output = group_options(options, sampling, runtime, output)
+    return run_generation(bundle, n_cells, sampling, runtime, output)
+
+
+def run_generation(
+    bundle: str | os.PathLike | Bundle,
+    n_cells: int,
+    sampling: SamplingOptions,
+    runtime: RuntimeOptions,
+    output: OutputOptions,
+) -> anndata.AnnData:
+    """:func:`generate` with its options grouped (what the CLI and the Ray tasks call)."""
+    b = _generating_bundle(bundle)
+    sampling.check_for(b)
+    if n_cells < 1:
+        raise DataError(f"n_cells must be at least 1, got {n_cells}")
+    chunk_size = _prepare_output(output, sampling.batch_size)
+    lo, hi = shard_range(n_cells, output.shard, align=sampling.batch_size)
+    if runtime.threads is not None:
+        from cellsynth import _core
+
+        _core.set_num_threads(runtime.threads)  # the C++ loops too: threads means the whole run
+    codes = _labels(b, n_cells, sampling)  # runs over all shards' cells
+    denoiser, decoder, why = _open_engines(b, sampling, runtime, output, hi - lo)
+    count_model = decoder is not None and decoder.counts
+    counts = bool(sampling.counts or count_model) and not sampling.mean
+    if output.progress:
+        print(
+            f"cellsynth: engine {denoiser.name} on {denoiser.device}"
+            + (f" (auto: {why})" if runtime.engine == "auto" else "")
+            + (f", decoder {decoder.name}" if decoder is not None else ""),
+            file=sys.stderr,
+        )
+    sampler = ChunkSampler(b, denoiser, decoder, sampling)
+    settings = {
+        "bundle_hash": b.hash,
+        "n_cells": int(n_cells),
+        "shard": [lo, hi],
+        "steps": int(sampling.steps),
+        "eta": float(sampling.eta),
+        "seed": int(sampling.seed),
+        "guidance": float(sampling.guidance),
+        "scheduler": sampling.scheduler,
+        "timestep_spacing": sampling.timestep_spacing,
+        "weights": runtime.weights,
+        "engine": denoiser.name,
+        "precision": denoiser.details.get("precision"),
+        "labels_sha": codes.digest(),
+        "counts": bool(counts),
+        "mean": bool(sampling.mean),
+        "chunk_size": int(chunk_size),
+    }
+    provenance = _provenance(b, settings, sampling, output, (lo, hi), why, denoiser, decoder)
+    provenance["output"] = _output_kind(count_model, sampling.mean, counts)
+    obs = _obs(b, codes[lo:hi], lo)
+    if count_model and not sampling.mean:
+        library = sampler.library.draw(codes[lo:hi], sampling.seed, lo)
+        obs["library_size"] = library.astype(np.float32)
+    chunks = chunk_bounds(lo, hi, chunk_size)
+    bar = tqdm(
+        total=hi - lo,
+        unit="cell",
+        desc=f"sampling ({sampling.scheduler})",
+        disable=not output.progress,
+    )
+
+    def reached(position: float) -> None:  # global cell position -> the bar's count
+        bar.update(max(0, int(position) - lo - bar.n))
+
+    if output.progress:
+        sampler.progress = reached
+    run = ChunkCollector(sampler, codes, chunks, obs, b.var, counts, provenance, reached)
+    try:
+        if output.out is None:
+            return run.in_memory()
+        return run.to_file(output, settings, len(b.genes))
+    finally:
+        bar.close()
+        denoiser.close()
+        if decoder is not None:
+            decoder.close()
+
+
+def _generating_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:
     b = load_bundle(bundle)
     if b.kind == "autoencoder":
         raise BundleError(
             f"{b.path} is an autoencoder bundle: it cannot generate cells by itself; train a "
             "latent diffusion model on it (cellsynth train scdg) and sample from that"
         )
-    _check_options(n_cells, steps, eta, guidance, scheduler, timestep_spacing, batch_size, b)
-    asked = chunk_size is not None
-    chunk_size = DEFAULT_CHUNK_CELLS if chunk_size is None else chunk_size
-    if chunk_size < 1:
-        raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
-    if resume and out is None:
-        raise DataError("resume needs an output file (out=... / --out) to resume into")
-    if out is not None and not str(out).endswith(".h5ad"):
-        raise DataError(f"the output must be an .h5ad file, got {out}")
-    if out is not None:
-        check_output(out, overwrite)  # before any work: a bad --out costs nothing
-        remove_orphans(out)  # the half-assembled file of a killed earlier run
-    if chunk_size % batch_size:
-        rounded = -(-chunk_size // batch_size) * batch_size
-        if progress and asked and out is not None:
-            print(
-                f"cellsynth: chunk size {chunk_size} rounded up to {rounded} cells (chunks hold "
-                f"whole batches of {batch_size})",
-                file=sys.stderr,
-            )
-        chunk_size = rounded  # whole batches on the global grid
-    lo, hi = shard_range(n_cells, shard, align=batch_size)
-    if threads is not None and not (isinstance(threads, int) and threads >= 1):
-        raise DataError(f"threads must be a whole number >= 1, got {threads!r}")
-    if not (isinstance(seed, int | np.integer) and 0 <= seed < 2**64):
-        raise DataError(f"seed must be a whole number between 0 and 2^64 - 1, got {seed!r}")
-    if threads is not None:
-        from cellsynth import _core
+    return b
 
-        _core.set_num_threads(int(threads))  # the C++ loops too: threads means the whole run
-    codes = _labels(b, n_cells, conditions, composition, seed, split)  # runs over all shards' cells
-    chosen = engine
-    resumed_engine = _resumed_engine(out) if engine == "auto" and resume else None
-    if resumed_engine is not None and choose_engine(b, device)[1] == "cpu":
+
+def _prepare_output(output: OutputOptions, batch_size: int) -> int:
+    """Check ``out`` before any work (a bad --out costs nothing); the chunk size in cells."""
+    if output.out is not None:
+        check_output(output.out, output.overwrite)
+        remove_orphans(output.out)  # the half-assembled file of a killed earlier run
+    chunk_size = output.chunk_cells(batch_size)
+    asked = output.chunk_size
+    if asked is not None and asked != chunk_size and output.progress and output.out is not None:
+        print(
+            f"cellsynth: chunk size {asked} rounded up to {chunk_size} cells (chunks hold "
+            f"whole batches of {batch_size})",
+            file=sys.stderr,
+        )
+    return chunk_size
+
+
+def _open_engines(
+    b: Bundle,
+    sampling: SamplingOptions,
+    runtime: RuntimeOptions,
+    output: OutputOptions,
+    n_cells: int,
+) -> tuple[Any, Any, str]:
+    """The denoiser, the decoder of a latent bundle (or None) and why this engine."""
+    chosen, device = runtime.engine, runtime.device
+    resumed = _resumed_engine(output.out) if chosen == "auto" and output.resume else None
+    if resumed is not None and choose_engine(b, device)[1] == "cpu":
         # On the CPU the run being resumed measured its engine already; a new measurement could
         # choose the other one, and every kept chunk (made by that engine) would be computed
         # again. (On a GPU auto follows a fixed order, which chooses the same engine again.)
-        chosen, device = resumed_engine, "cpu"
+        chosen, device = resumed, "cpu"
     else:
-        resumed_engine = None
+        resumed = None
     # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
     denoiser, decoder, why = load_engine(
         b,
         engine=chosen,
         device=device,
-        weights=weights,
-        precision=precision,
-        threads=threads,
-        run={"batch_size": int(batch_size), "steps": int(steps), "n_cells": int(hi - lo)},
+        weights=runtime.weights,
+        precision=runtime.precision,
+        threads=runtime.threads,
+        run={"batch_size": sampling.batch_size, "steps": sampling.steps, "n_cells": n_cells},
     )
-    if resumed_engine is not None:
-        why = f"{resumed_engine}, the engine of the run being resumed"
+    if resumed is not None:
+        why = f"{resumed}, the engine of the run being resumed"
     count_model = decoder is not None and decoder.counts
-    if mean and not count_model:
-        denoiser.close()
-        if decoder is not None:
-            decoder.close()
-        raise DataError(
-            "mean applies to count models (a latent bundle on a negative-binomial autoencoder); "
-            f"{b.name} writes expression directly"
+    problem = None
+    if sampling.mean and not count_model:
+        problem = (
+            "mean applies to count models (a latent bundle on a negative-binomial "
+            f"autoencoder); {b.name} writes expression directly"
         )
-    if mean and counts:
-        denoiser.close()
-        decoder.close()
-        raise DataError(
+    elif sampling.mean and sampling.counts:
+        problem = (
             "mean writes the expected expression, which has no counts: ask for one of mean "
             "and counts"
         )
-    counts = bool(counts or count_model) and not mean
-    if progress:
-        print(
-            f"cellsynth: engine {denoiser.name} on {denoiser.device}"
-            + (f" (auto: {why})" if engine == "auto" else "")
-            + (f", decoder {decoder.name}" if decoder is not None else ""),
-            file=sys.stderr,
-        )
-    run = _Run(
-        b, denoiser, decoder, scheduler, timestep_spacing, steps, eta, seed, guidance, batch_size,
-        mean,
-    )  # fmt: skip
-    settings = {
-        "bundle_hash": b.hash,
-        "n_cells": int(n_cells),
-        "shard": [lo, hi],
-        "steps": int(steps),
-        "eta": float(eta),
-        "seed": int(seed),
-        "guidance": float(guidance),
-        "scheduler": scheduler,
-        "timestep_spacing": timestep_spacing,
-        "weights": weights,
-        "engine": denoiser.name,
-        "precision": denoiser.details.get("precision"),
-        "labels_sha": codes.digest(),
-        "counts": bool(counts),
-        "mean": bool(mean),
-        "chunk_size": int(chunk_size),
-    }
+    if problem is not None:
+        denoiser.close()
+        if decoder is not None:
+            decoder.close()
+        raise DataError(problem)
+    return denoiser, decoder, why
+
+
+def _provenance(
+    b: Bundle,
+    settings: Mapping[str, Any],
+    sampling: SamplingOptions,
+    output: OutputOptions,
+    cells: tuple[int, int],
+    why: str,
+    denoiser: Any,
+    decoder: Any,
+) -> dict[str, Any]:
+    """``uns['cellsynth']``: the run's settings and everything needed to say how it was made."""
+    shard, conditions, composition = output.shard, sampling.conditions, sampling.composition
     provenance = {
         "command": "sample",
         "bundle": str(b.path),
         **settings,
         "shard": None if shard is None else [int(shard[0]), int(shard[1])],
-        "cells": [lo, hi],
+        "cells": list(cells),
         "engine_choice": why,
         "backend": denoiser.describe(),
         "kind": b.kind,
         "latent_scale": decoder.latent_scale if decoder is not None else None,
         "decoder": decoder.describe() if decoder is not None else None,
-        "output": _output_kind(count_model, mean, counts),
         "noise": NOISE,
         "conditions": {
             k: ([v] if isinstance(v, str) else list(v)) for k, v in (conditions or {}).items()
         },
         "composition": None if composition is None else _describe_source(composition),
-        "split": split if composition is None else None,
-        "batch_size": int(batch_size),
+        "split": sampling.split if composition is None else None,
+        "batch_size": int(sampling.batch_size),
         "normalisation": NORMALISATION.format(target_sum=b.preprocessing.target_sum),
         "cellsynth_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     del provenance["labels_sha"]
-    provenance = _without_none(provenance)  # .h5ad cannot store None
-    obs = _obs(b, codes[lo:hi], lo)
-    if count_model and not mean:
-        obs["library_size"] = run.library.draw(codes[lo:hi], seed, lo).astype(np.float32)
-    var = b.var
-    chunks = chunk_bounds(lo, hi, chunk_size)
-    bar = tqdm(total=hi - lo, unit="cell", desc=f"sampling ({scheduler})", disable=not progress)
-
-    def reached(position: float) -> None:  # global cell position -> the bar's count
-        bar.update(max(0, int(position) - lo - bar.n))
-
-    if progress:
-        run.progress = reached
-    started = time.perf_counter()
-    try:
-        if out is None:
-            blocks = []
-            for start, stop in chunks:
-                blocks.append(run.chunk(codes, start, stop, counts))
-                reached(stop)
-            provenance["seconds"] = round(time.perf_counter() - started, 3)
-            X = sp.vstack([c["X"] for c in blocks], format="csr").astype(np.float32)
-            layers = (
-                {"counts": sp.vstack([c["counts"] for c in blocks], format="csr")}
-                if counts
-                else None
-            )
-            return anndata.AnnData(
-                X=X,
-                obs=obs,
-                var=var,
-                layers=layers,
-                uns={"cellsynth": provenance},
-            )
-        store = ChunkStore(out, settings, resume=resume)
-        shapes = {"X": len(b.genes), **({"counts": len(b.genes)} if counts else {})}
-        reused = 0
-        for start, stop in chunks:
-            if store.has(start, stop, shapes):
-                reused += 1
-            else:
-                store.save(start, stop, run.chunk(codes, start, stop, counts))
-            reached(stop)
-        provenance["seconds"] = round(time.perf_counter() - started, 3)
-        # A resumed run says so: its seconds cover only the chunks made this time.
-        provenance["resumed_chunks"] = [int(reused), len(chunks)]
-        _assemble(out, store, chunks, obs, var, counts, provenance)
-        store.remove()
-        return anndata.read_h5ad(out, backed="r")
-    finally:
-        bar.close()
-        denoiser.close()
-        if decoder is not None:
-            decoder.close()
+    return _without_none(provenance)  # .h5ad cannot store None
 
 
 def _resumed_engine(out: str | os.PathLike | None) -> str | None:
@@ -378,169 +365,11 @@ def _resumed_engine(out: str | os.PathLike | None) -> str | None:
     return engine if engine in ENGINES else None
 
 
-def shard_range(n_cells: int, shard: tuple[int, int] | None, align: int = 1) -> tuple[int, int]:
-    """Global cell indices [lo, hi) of shard ``(k, N)`` (0-based k); all cells when None.
-
-    Boundaries ``k * n_cells // N`` are rounded down to multiples of ``align`` (the batch size),
-    so a shard's batches are the unsharded run's batches.
-    """
-    if shard is None:
-        return 0, n_cells
-    try:
-        k, n = (int(v) for v in shard)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}") from exc
-    if not 0 <= k < n:
-        raise DataError(f"shard must be (k, N) with 0 <= k < N, got {shard!r}")
-
-    def boundary(i: int) -> int:
-        return n_cells if i == n else (i * n_cells // n) // align * align
-
-    lo, hi = boundary(k), boundary(k + 1)
-    if lo == hi:
-        raise DataError(
-            f"shard {k}/{n} is empty: {n_cells} cells in batches of {align} do not fill {n} "
-            "shards; use fewer shards or a smaller batch size"
-        )
-    return lo, hi
-
-
-def chunk_bounds(lo: int, hi: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Chunks [start, stop) covering [lo, hi), cut at global multiples of ``chunk_size``."""
-    cuts = [lo, *range((lo // chunk_size + 1) * chunk_size, hi, chunk_size), hi]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse the CLI's ``k/N``."""
-    k, sep, n = text.partition("/")
-    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
-        raise DataError(f"--shard expects k/N with 0 <= k < N (e.g. 0/4), got {text!r}")
-    if not int(k) < int(n):
-        raise DataError(f"--shard expects k/N with 0 <= k < N (e.g. 0/4), got {text!r}")
-    return int(k), int(n)
-
-
-class _Run:
-    """Everything a chunk of cells needs: bundle, denoiser (and decoder, for latent diffusion),
-    scheduler and sampling options."""
-
-    def __init__(
-        self,
-        b: Bundle,
-        denoiser: Any,
-        decoder: Any,
-        scheduler: str,
-        timestep_spacing: str,
-        steps: int,
-        eta: float,
-        seed: int,
-        guidance: float,
-        batch_size: int,
-        mean: bool = False,
-    ) -> None:
-        self.b, self.denoiser, self.decoder = b, denoiser, decoder
-        self.count_model = decoder is not None and decoder.counts
-        self.mean = mean
-        self.library = (
-            LibraryModel.from_dict(b.config["latent"]["library"]) if self.count_model else None
-        )
-        self.steps, self.seed = steps, seed
-        self.guidance, self.batch_size = guidance, batch_size
-        self.sched = _make_scheduler(b, scheduler, timestep_spacing, seed)
-        self.step_options = {"eta": float(eta)} if scheduler == "ddim" else {}
-        self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
-        self.width = b.width  # G, or the latent width D
-        # Told the global position reached (cells, fractional within a batch) after every
-        # denoising step, so a progress bar moves even when one batch takes minutes.
-        self.progress: Callable[[float], None] | None = None
-
-    def denoised(
-        self, codes: LabelRuns, start: int, stop: int
-    ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(first cell, end, final model-space values [B, G] or latent codes [B, D]) per batch."""
-        for s in range(start, stop, self.batch_size):
-            e = min(s + self.batch_size, stop)
-            labels = codes[s:e]  # [B, K]
-            self.sched.set_timesteps(self.steps)  # also clears a multistep solver's history
-            x_T = self.sched.init_noise(e - s, self.width, cell_offset=s)  # [B, G] or [B, D]
-            null = np.broadcast_to(self.null, labels.shape).copy()  # [B, K]
-            on_step = None
-            if self.progress is not None:
-                on_step = functools.partial(
-                    _step_done, self.progress, s, e, len(self.sched.timesteps)
-                )
-            # on_step only when set: a Denoiser written before it existed still works
-            extra = {} if on_step is None else {"on_step": on_step}
-            x0 = self.denoiser.denoise(
-                self.sched, x_T, labels, null, self.guidance, s, self.step_options, **extra
-            )  # [B, G] (or [B, D]) float32
-            if not np.isfinite(x0).all():
-                raise DataError(
-                    f"cells {s}..{e - 1} came out non-finite (guidance {self.guidance}): the "
-                    "model or the sampling options are broken; nothing was written for them"
-                )
-            yield s, e, x0
-
-    def batches(self, codes: LabelRuns, start: int, stop: int) -> Iterator[np.ndarray]:
-        """Cells [B, G] float32 (log-normalised expression) of each batch."""
-        for s, e, x0 in self.denoised(codes, start, stop):
-            x = x0 if self.decoder is None else self.decoder(x0)  # [B, G] float32
-            top = float(np.abs(x).max(initial=0.0))
-            if not top <= MAX_LOG_EXPRESSION:
-                raise DataError(
-                    f"cells {s}..{e - 1} hold log-normalised values up to {top:.3g} (a real "
-                    f"cell's stay below about 9; guidance {self.guidance}): the model or the "
-                    "sampling options are broken; nothing was written for them"
-                )
-            yield x
-
-    def chunk(self, codes: LabelRuns, start: int, stop: int, counts: bool) -> dict[str, Any]:
-        """Cells ``start .. stop - 1``: {'X': CSR float32 [n, G]} (+ 'counts': CSR int32)."""
-        if self.count_model and not self.mean:
-            return self._count_chunk(codes, start, stop)
-        X = sp.vstack(
-            [sp.csr_matrix(x) for x in self.batches(codes, start, stop)], format="csr"
-        ).astype(np.float32)
-        out = {"X": X}
-        if counts:
-            record = self.b.preprocessing
-            sizes = draw_library_sizes(record.library_size, stop - start, self.seed, start)
-            out["counts"] = expression_to_counts(X, sizes, record.target_sum)
-        return out
-
-    def _count_chunk(self, codes: LabelRuns, start: int, stop: int) -> dict[str, Any]:
-        """A count model's cells: library sizes and NB counts drawn per cell (keyed); X of them."""
-        xs, cs = [], []
-        for s, e, latents in self.denoised(codes, start, stop):
-            rho, zero_prob = self.decoder.count_parameters(self.decoder.unscale(latents))
-            library = self.library.draw(codes[s:e], self.seed, s)  # [B]
-            c, x = counts_and_expression(
-                rho, self.decoder.theta, zero_prob, library, self.decoder.target_sum, self.seed, s
-            )
-            cs.append(c)
-            xs.append(x)
-        return {
-            "X": sp.vstack(xs, format="csr").astype(np.float32),
-            "counts": sp.vstack(cs, format="csr").astype(np.int32),
-        }
-
-
-def _step_done(report: Callable[[float], None], s: int, e: int, steps: int, done: int) -> None:
-    """Progress of cells s..e-1 after ``done`` of ``steps`` steps."""
-    report(s + (e - s) * done / steps)
-
-
-def _labels(
-    b: Bundle,
-    n_cells: int,
-    conditions: Mapping[str, ConditionValue] | None,
-    composition: Any,
-    seed: int,
-    split: str = "training",
-) -> LabelRuns:
+def _labels(b: Bundle, n_cells: int, sampling: SamplingOptions) -> LabelRuns:
     """Every cell's label codes, as runs: a shard makes only its own cells' codes."""
+    conditions, composition, split = sampling.conditions, sampling.composition, sampling.split
     if composition is None:
+        seed = sampling.seed
         return assign_label_runs(b.labels, n_cells, conditions, seed=seed, split=split)
     if split != "training":
         raise DataError("split applies to conditions; a composition sets the label mix itself")
@@ -590,78 +419,3 @@ def _obs(b: Bundle, codes: np.ndarray, first: int) -> pd.DataFrame:
         },
         index=pd.Index([f"synthetic-{first + i}" for i in range(len(codes))], dtype=object),
     )
-
-
-def _assemble(
-    out: str | os.PathLike,
-    store: ChunkStore,
-    chunks: list[tuple[int, int]],
-    obs: pd.DataFrame,
-    var: pd.DataFrame,
-    counts: bool,
-    provenance: Mapping[str, Any],
-) -> None:
-    """Stream the stored chunks, in order, into ``out`` (temporary name, then renamed)."""
-    with atomic_path(out) as tmp:
-        writer = StreamingH5ADWriter(tmp, var, layers={"counts": np.int32} if counts else None)
-        try:
-            for start, stop in chunks:
-                chunk = store.load(start)
-                if chunk["X"].shape[0] != stop - start:
-                    raise DataError(f"chunk at cell {start} in {store.path} is incomplete")
-                writer.append(chunk["X"], {"counts": chunk["counts"]} if counts else None)
-            writer.finish(obs, {"cellsynth": dict(provenance)})
-        except BaseException:
-            writer.abort()
-            raise
-
-
-def _make_scheduler(b: Bundle, scheduler: str, timestep_spacing: str, seed: int):
-    """The bundle's scheduler: its training schedule and prediction type, negatives truncated on
-    the last step (not for latent codes, which are not zero-negated), noise keyed by ``seed``."""
-    from cellsynth.scheduler import scheduler_for_bundle
-
-    return scheduler_for_bundle(
-        b,
-        scheduler,
-        timestep_spacing=timestep_spacing,
-        truncate_final=b.kind != "latent_diffusion",
-        seed=seed,
-    )
-
-
-def _check_options(
-    n_cells: int,
-    steps: int,
-    eta: float,
-    guidance: float,
-    scheduler: str,
-    timestep_spacing: str,
-    batch_size: int,
-    b: Bundle,
-) -> None:
-    T = b.schedule.num_train_timesteps
-    if not 1 <= steps <= T:
-        raise DataError(f"steps must be between 1 and the {T} training timesteps, got {steps}")
-    if scheduler not in SCHEDULER_NAMES:
-        raise DataError(f"scheduler must be one of {SCHEDULER_NAMES}, got {scheduler!r}")
-    if not (math.isfinite(eta) and 0 <= eta <= 1):
-        raise DataError(f"eta must be between 0 (deterministic) and 1 (DDPM-like), got {eta}")
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise DataError(
-            f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}"
-        )
-    if scheduler != "ddim" and eta != 0:
-        raise DataError(
-            f"eta applies to the ddim scheduler only; {scheduler} has no eta "
-            "(ddpm always adds its own noise, dpmsolver++ adds none)"
-        )
-    if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
-        raise DataError(
-            f"guidance must be between 0 (unconditional) and {MAX_GUIDANCE:g}; 1 is off, "
-            f"2-5 is usual; got {guidance}"
-        )
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1, got {batch_size}")
-    if n_cells < 1:
-        raise DataError(f"n_cells must be at least 1, got {n_cells}")
