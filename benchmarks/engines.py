@@ -84,7 +84,8 @@ import torch
 from _machine import machine as base_machine
 
 import cellsynth
-from cellsynth.bundle.load import SHIPPED_DIR, Bundle, load_bundle
+from cellsynth.bundle.format import SHIPPED_DIR
+from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.generation.conditions import assign_labels
 from cellsynth.scheduler import scheduler_for_bundle
 
@@ -449,7 +450,7 @@ def random_bundle(
     schedule : NoiseSchedule, optional
         Default: the standard linear 1e-4..0.02 over 1000 steps.
     """
-    from cellsynth.bundle.load import save_bundle
+    from cellsynth.bundle.save import save_bundle
     from cellsynth.scheduler.schedules import NoiseSchedule
     from cellsynth.training.dit import build_dit
 
@@ -475,7 +476,7 @@ def small_bundle(path: Path | None, tmp: Path, seed: int) -> tuple[Bundle, str]:
     random weights on the Kang genes and labels (2000 cells prepared, 2000 HVG)."""
     if path is not None and (path / "config.json").is_file():
         return load_bundle(path), f"{path}"
-    from cellsynth.bundle.load import LabelSpec
+    from cellsynth.bundle.format import LabelSpec
     from cellsynth.data import prepare
 
     prepared = prepare(cellsynth.datasets.kang(), ["cell_type", "stim"], max_cells=2000, seed=seed)

@@ -52,7 +52,7 @@ from peers import IndependentNBPeer, ScviPeer, combination
 
 import cellsynth
 from cellsynth.data import extract_counts, prepare, renormalize_log1p
-from cellsynth.evaluation.evaluate import strict_json
+from cellsynth.files import strict_json
 from cellsynth.metrics import compute_metrics
 
 #: label keys and held-out fraction per data set (wu2020 has 200 cells: half are held out so the

@@ -50,7 +50,8 @@ from cellsynth.backends.onnxruntime_backend import (
     open_session,
 )
 from cellsynth.bundle.exports import ONNX_PRECISIONS, export_entry, record_export
-from cellsynth.bundle.load import WEIGHT_FILES, Bundle, load_bundle
+from cellsynth.bundle.format import WEIGHT_FILES
+from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.errors import BundleError
 from cellsynth.export import parity
 from cellsynth.export.ort_fusion import fuse_for_onnxruntime

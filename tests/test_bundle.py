@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import cellsynth
-from cellsynth.bundle.load import CONFIG_FILE, FORMAT_VERSION, LabelSpec, load_bundle
+from cellsynth.bundle.format import CONFIG_FILE, FORMAT_VERSION, LabelSpec
+from cellsynth.bundle.load import load_bundle
 from cellsynth.errors import BundleError
 from cellsynth.files import sha256_file
 
@@ -183,7 +184,7 @@ def test_bad_prediction_type(bundle_copy: Path) -> None:
 
 
 def test_save_refuses_to_overwrite_and_leaves_no_partial_directory(tiny_bundle: Path) -> None:
-    from cellsynth.bundle.load import save_bundle
+    from cellsynth.bundle.save import save_bundle
 
     b = load_bundle(tiny_bundle)
     module = b.to_torch()
@@ -225,7 +226,7 @@ def test_weight_files_get_the_same_mode_as_config(tiny_bundle: Path) -> None:
 
 @pytest.mark.parametrize("name", ["kang-dit", "kang-scdg"])
 def test_shipped_weights_carry_the_gene_stamp(name: str, tmp_path: Path) -> None:
-    from cellsynth.bundle.load import SHIPPED_DIR
+    from cellsynth.bundle.format import SHIPPED_DIR
 
     copy = Path(shutil.copytree(SHIPPED_DIR / name, tmp_path / name))
     where = copy / "autoencoder" if name == "kang-scdg" else copy

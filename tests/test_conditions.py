@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellsynth.bundle.load import LabelSpec
+from cellsynth.bundle.format import LabelSpec
 from cellsynth.errors import DataError
 from cellsynth.generation.conditions import assign_labels, parse_condition_args
 

@@ -17,7 +17,8 @@ import scipy.sparse as sp
 from cellsynth.cli.main import main
 from cellsynth.data import log1p_normalize
 from cellsynth.errors import DataError, GeneMismatchError
-from cellsynth.evaluation.evaluate import evaluate, markdown_report
+from cellsynth.evaluation.evaluate import evaluate
+from cellsynth.evaluation.report import markdown_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_GENES = 800  # genes of the "real file"; the synthetic cells have the first N_SYN of them

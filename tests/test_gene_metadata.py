@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 import cellsynth
-from cellsynth.bundle.load import VAR_FILE, load_bundle
+from cellsynth.bundle.format import VAR_FILE
+from cellsynth.bundle.load import load_bundle
 from cellsynth.data import prepare
 from cellsynth.data.gene_metadata import read_var, var_from_dict, var_to_dict, write_var
 from cellsynth.errors import BundleError

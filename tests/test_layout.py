@@ -143,3 +143,24 @@ def test_one_version_source():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
     assert importlib.metadata.version("cellsynth") == cellsynth.__version__
+
+
+def test_the_core_stub_lists_every_name_of_the_core():
+    """python/cellsynth/_core.pyi (pybind11-stubgen, from a CUDA build) keeps up with bindings."""
+    from cellsynth import _core
+
+    stub = ast.parse((RUNTIME / "_core.pyi").read_text())
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in stub.body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "__all__"
+    )
+    defined = {
+        getattr(node, "name", None) or getattr(getattr(node, "target", None), "id", None)
+        for node in stub.body
+    }
+    present = {n for n in dir(_core) if not n.startswith("_")}
+    assert set(listed) <= defined
+    assert present <= set(listed), f"not in the stub: {sorted(present - set(listed))}"
+    if _core.cuda_compiled:  # a CPU-only build lacks the CUDA runtime's classes
+        assert set(listed) == present

@@ -154,7 +154,7 @@ def test_sigterm_stops_sample_cleanly_and_resume_finishes(tiny_bundle: Path, tmp
 
 
 def test_a_shipped_bundle_is_read_only_to_export(capsys: pytest.CaptureFixture) -> None:
-    from cellsynth.bundle.load import SHIPPED_DIR
+    from cellsynth.bundle.format import SHIPPED_DIR
 
     before = {p: p.stat().st_mtime_ns for p in (SHIPPED_DIR / "kang-dit").rglob("*")}
     assert main(["export", "kang-dit", "--format", "onnx"]) == 1

@@ -587,8 +587,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str
     """
     import json
 
-    from cellsynth.evaluation.evaluate import strict_json
-    from cellsynth.files import atomic_path
+    from cellsynth.files import atomic_path, strict_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

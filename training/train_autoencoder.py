@@ -20,7 +20,8 @@ import anndata
 import numpy as np
 import torch
 
-from cellsynth.bundle.load import LabelSpec, save_bundle
+from cellsynth.bundle.format import LabelSpec
+from cellsynth.bundle.save import save_bundle
 from cellsynth.data import datasets, prepare
 from cellsynth.files import remove_orphans
 from cellsynth.training.autoencoder import (

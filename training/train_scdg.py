@@ -21,8 +21,10 @@ import anndata
 import numpy as np
 import torch
 
+from cellsynth.bundle.format import LabelSpec
 from cellsynth.bundle.heldout import obs_labels, prepare_like
-from cellsynth.bundle.load import LabelSpec, load_bundle, save_bundle
+from cellsynth.bundle.load import load_bundle
+from cellsynth.bundle.save import save_bundle
 from cellsynth.data import datasets
 from cellsynth.errors import DataError
 from cellsynth.files import remove_orphans

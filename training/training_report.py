@@ -27,7 +27,7 @@ def _plain(obj: Any) -> Any:
 
 
 def json_writer(record: dict[str, Any]) -> Callable[[Path], None]:
-    """A writer of ``training.json`` (for :func:`cellsynth.bundle.load.save_bundle`'s ``files``)."""
+    """A writer of ``training.json`` (for :func:`cellsynth.bundle.save.save_bundle`'s ``files``)."""
 
     def write(path: Path) -> None:
         path.write_text(json.dumps(_plain(record), indent=1) + "\n")

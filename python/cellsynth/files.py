@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anndata
+import numpy as np
 
 from cellsynth.errors import CellsynthError
 
@@ -219,3 +221,20 @@ def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike, overwrite: bool 
     with atomic_path(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
     return Path(path)
+
+
+def strict_json(obj: Any) -> Any:
+    """obj with NaN / inf -> None and numpy scalars / arrays / paths as plain Python."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -15,8 +15,9 @@ import argparse
 import os
 from pathlib import Path
 
+from cellsynth.bundle.format import AUTOENCODER_DIR, VAR_FILE
 from cellsynth.bundle.heldout import prepare_like
-from cellsynth.bundle.load import AUTOENCODER_DIR, VAR_FILE, load_bundle
+from cellsynth.bundle.load import load_bundle
 from cellsynth.data import datasets
 from cellsynth.data.gene_metadata import write_var
 from cellsynth.files import atomic_path

@@ -281,7 +281,7 @@ def dispersion(autoencoder: Any) -> np.ndarray:
     """
     from safetensors.numpy import load_file
 
-    from cellsynth.bundle.load import WEIGHT_FILES
+    from cellsynth.bundle.format import WEIGHT_FILES
 
     path = autoencoder.path / WEIGHT_FILES["model"]
     log_theta = load_file(str(path)).get("log_theta")

@@ -125,7 +125,7 @@ def _pair(metric: Mapping[str, Any] | None) -> str:
 
 def write_report(result: Mapping[str, Any], out: Path) -> dict[str, Path]:
     """Write bench.json, bench.md and the PNGs into ``out``, each through a temporary name."""
-    from cellsynth.evaluation.evaluate import strict_json
+    from cellsynth.files import strict_json
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "bench.json", "markdown": out / "bench.md"}

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cellsynth.evaluation.evaluate import KEY_METRICS, evaluate, ratio_to_floor
+    from cellsynth.evaluation.evaluate import evaluate
+    from cellsynth.evaluation.report import KEY_METRICS, ratio_to_floor
     from cellsynth.files import check_output
 
     check_output(args.out, args.overwrite, directory=True)

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _refuse_read_only(args: argparse.Namespace, source: Path) -> None:
-    from cellsynth.bundle.load import SHIPPED_DIR
+    from cellsynth.bundle.format import SHIPPED_DIR
     from cellsynth.errors import BundleError
 
     shipped = source.resolve().is_relative_to(SHIPPED_DIR.resolve())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cellsynth.bundle.load import KIND_WEIGHTS, WEIGHT_FILES, Bundle, load_bundle
+from cellsynth.bundle.format import KIND_WEIGHTS, WEIGHT_FILES
+from cellsynth.bundle.load import Bundle, load_bundle
 
 #: architecture entries left out of the "model" line (sizes shown elsewhere, or long lists).
 _NOT_SHOWN = ("n_genes", "label_sizes", "gene_order")

@@ -1,5 +1,7 @@
 """Evaluation: ``cellsynth evaluate``, real against synthetic cells as numbers, text and figures.
 
-The metrics themselves live in :mod:`cellsynth.metrics`; this stage loads and aligns the two
-sides (:mod:`.evaluate`) and draws the figures (:mod:`.plots`).
+:mod:`.evaluate` reads both sides and runs the stages (behind :func:`cellsynth.evaluate`),
+:mod:`.compare` puts them in one representation with the same label mix, :mod:`.report` writes
+metrics.json and report.md, :mod:`.plots` draws the figures. The metrics themselves live in
+:mod:`cellsynth.metrics`.
 """

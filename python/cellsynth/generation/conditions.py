@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.bundle.load import LabelSpec
+from cellsynth.bundle.format import LabelSpec
 from cellsynth.errors import DataError
 
 ConditionValue = str | Sequence[str]
