@@ -285,23 +285,23 @@ class _FakeDeviceArray:
 
 
 def test_run_step_validates_device_arrays_before_launching():
-    from cellsynth.scheduler import _base
+    from cellsynth.scheduler import arrays
 
     k = _core.ddim_coefficients(0.5, 0.6, 0.0)
     opts = {}
     x = _FakeDeviceArray((4, 8), 1 << 20)
     m = _FakeDeviceArray((4, 8), 2 << 20)
-    assert _base._is_device_array(x) and not _base._is_device_array(np.zeros((4, 8)))
+    assert arrays.is_device_array(x) and not arrays.is_device_array(np.zeros((4, 8)))
     if not _core.cuda_compiled:
         pytest.skip("device arrays need a CUDA build")
     with pytest.raises(ValueError, match="shape"):
-        _base.run_step(k, _FakeDeviceArray((4, 9), 2 << 20), x, out=x, options=opts)
+        arrays.run_step(k, _FakeDeviceArray((4, 9), 2 << 20), x, out=x, options=opts)
     with pytest.raises(ValueError, match="overlap"):
-        _base.run_step(k, m, x, out=_FakeDeviceArray((4, 8), (1 << 20) + 64), options=opts)
+        arrays.run_step(k, m, x, out=_FakeDeviceArray((4, 8), (1 << 20) + 64), options=opts)
     with pytest.raises(TypeError, match="CUDA device array"):
-        _base.run_step(k, np.zeros((4, 8), np.float32), x, out=x, options=opts)
-    assert not _base.same_kind(x, np.zeros((4, 8), np.float32))
-    assert _base.same_kind(x, m)
+        arrays.run_step(k, np.zeros((4, 8), np.float32), x, out=x, options=opts)
+    assert not arrays.same_kind(x, np.zeros((4, 8), np.float32))
+    assert arrays.same_kind(x, m)
 
 
 # --------------------------------------------------------------------- the CUDA runtime (GPU)

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellsynth.scheduler._base import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
 from cellsynth.scheduler.ddim import DDIMScheduler
 from cellsynth.scheduler.ddpm import DDPMScheduler
 from cellsynth.scheduler.dpmsolver import DPMSolverMultistepScheduler
+from cellsynth.scheduler.options import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
 
 __all__ = [
     "DDIMScheduler",

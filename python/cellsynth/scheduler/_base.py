@@ -1,26 +1,15 @@
-"""What the three schedulers share: option checks, the config, array plumbing and the keyed noise.
+"""What the three schedulers share: the schedule, the config, the timestep list and the keyed noise.
 
 The math of each scheduler lives in its own module (ddim.py, ddpm.py, dpmsolver.py) and in the
-compiled core (csrc/step.h); this module only moves arrays:
-
-* NumPy float32 C-contiguous arrays go to ``_core.step`` zero-copy;
-* CPU torch tensors go the same way through ``tensor.numpy()`` (shared memory), and the result is a
-  tensor;
-* CUDA torch tensors go to ``_core.cuda_step`` as device pointers, launched on
-  ``torch.cuda.current_stream()``; without a CUDA build they round-trip through the CPU;
-* torch-free device arrays (``_core.DeviceArray``, or any object with ``is_cuda = True``,
-  ``data_ptr()``, ``shape``, ``dtype`` 'float32' and ``device`` (an int)) go to
-  ``_core.cuda_step`` too, launched on the ``stream`` given to :func:`run_step`, else on the
-  sample's ``stream`` attribute (a ``cudaStream_t`` as int; 0, the legacy default stream, when it
-  has none). This is how the TensorRT and onnxruntime-CUDA backends step without torch.
-
-torch is never imported here unless the caller passes tensors (the runtime must work without it).
+compiled core (csrc/step.h). The three follow one base rather than diffusers' single-file policy:
+``set_timesteps`` and the option checks are written once here, and each scheduler adds only what
+is its own (its coefficients, DDPM's custom-timesteps flag, DPM-Solver's sigmas and history).
+Options: :mod:`.options`; where a step runs (NumPy, torch, device arrays): :mod:`.arrays`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -28,386 +17,18 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
+from cellsynth.scheduler.arrays import is_device_array, is_tensor, loaded_torch, stream_handle
+from cellsynth.scheduler.options import (
+    INITIAL_NOISE_STEP,
+    PREDICTION_TYPES,
+    SchedulerConfig,
+    as_timestep,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
 from cellsynth.scheduler.schedules import BETA_SCHEDULES, NoiseSchedule
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
-INITIAL_NOISE_STEP = int(_core.INITIAL_NOISE_STEP)
-
-
-class SchedulerConfig(dict):
-    """A read-only dict of a scheduler's constructor options, also readable as attributes
-    (``sched.config.num_train_timesteps``), like diffusers' ``FrozenDict``."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def _readonly(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a scheduler's config is read-only; build a new scheduler instead")
-
-    __setitem__ = __delitem__ = __setattr__ = _readonly  # type: ignore[assignment]
-    update = pop = popitem = clear = setdefault = _readonly  # type: ignore[assignment]
-
-
-# ------------------------------------------------------------------------------------- checks
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}")
-    return value
-
-
-def check_float(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad = bad or (value <= low if low_open else value < low)
-    if high is not None:
-        bad = bad or value > high
-    if bad:
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a finite number in {bracket}{lo}, {hi}], got {value}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
-    return str(value)
-
-
-def as_timestep(timestep: Any) -> int:
-    """An int from an int, a NumPy integer or a one-element integer tensor / array."""
-    try:
-        value = timestep.item() if hasattr(timestep, "item") else timestep
-    except (ValueError, RuntimeError):
-        raise ValueError(f"timestep must be a single integer, got {timestep!r}") from None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"timestep must be an integer, got {timestep!r}")
-    return int(value)
-
-
-# ------------------------------------------------------------------------------------- arrays
-
-
-def _torch_module():
-    return sys.modules.get("torch")
-
-
-def _is_tensor(x: Any) -> bool:
-    torch = _torch_module()
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _is_device_array(x: Any) -> bool:
-    """A torch-free CUDA array: not a tensor, ``is_cuda`` is True and it has ``data_ptr()``."""
-    return (
-        not _is_tensor(x)
-        and getattr(x, "is_cuda", False) is True
-        and callable(getattr(x, "data_ptr", None))
-    )
-
-
-def _array_kind(x: Any) -> str:
-    if _is_tensor(x):
-        return "tensor"
-    return "device" if _is_device_array(x) else "host"
-
-
-def _stream_handle(stream: Any) -> int:
-    """A cudaStream_t as int from an int, a ``_core.CudaStream`` or a ``torch.cuda.Stream``."""
-    if stream is None:
-        return 0
-    for attr in ("handle", "cuda_stream"):
-        if hasattr(stream, attr):
-            return int(getattr(stream, attr))
-    return int(stream)
-
-
-def _span(t) -> tuple[int, int]:
-    """[first byte, one past the last byte) of a contiguous tensor's storage use."""
-    start = t.data_ptr()
-    return start, start + t.numel() * t.element_size()
-
-
-def _overlap(a, b) -> bool:
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
-
-
-def _check_cuda_tensors(tensors: dict[str, Any]) -> None:
-    torch = _torch_module()
-    sample = tensors["sample"]
-    if sample.ndim != 2:
-        raise ValueError(f"sample must be 2-D [n_cells, n_genes], got shape {tuple(sample.shape)}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor like sample, got {type(t).__name__}")
-        if t.device != sample.device:
-            raise ValueError(f"{name} is on {t.device} but sample is on {sample.device}")
-        if t.dtype != torch.float32:
-            raise ValueError(f"{name} must have dtype float32, got {t.dtype}")
-        if t.shape != sample.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(t.shape)}, expected {tuple(sample.shape)} like sample"
-            )
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be C-contiguous (use .contiguous())")
-    out, hist = tensors["out"], tensors.get("history")
-    if _span(out) != _span(sample) and _overlap(out, sample):
-        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
-    for name in ("model_output", "history", "variance_noise"):
-        if tensors.get(name) is not None and _overlap(out, tensors[name]):
-            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
-    if hist is not None:
-        for name in ("model_output", "sample", "variance_noise"):
-            if tensors.get(name) is not None and _overlap(hist, tensors[name]):
-                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
-
-
-def _device_span(a: Any) -> tuple[int, int]:
-    start = int(a.data_ptr())
-    return start, start + int(np.prod(tuple(a.shape), dtype=np.int64)) * 4
-
-
-def _device_overlap(a: Any, b: Any) -> bool:
-    (a0, a1), (b0, b1) = _device_span(a), _device_span(b)
-    return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
-
-
-def _check_device_arrays(arrays: dict[str, Any]) -> None:
-    sample = arrays["sample"]
-    shape = tuple(sample.shape)
-    if len(shape) != 2:
-        raise ValueError(f"sample must be 2-D [n_cells, n_genes], got shape {shape}")
-    for name, a in arrays.items():
-        if a is None:
-            continue
-        if not _is_device_array(a):
-            raise TypeError(
-                f"{name} must be a CUDA device array like sample, got {type(a).__name__}"
-            )
-        if int(a.device) != int(sample.device):
-            raise ValueError(f"{name} is on cuda:{a.device} but sample is on cuda:{sample.device}")
-        if str(a.dtype) != "float32":
-            raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
-        if tuple(a.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape} like sample")
-    out, hist = arrays["out"], arrays.get("history")
-    if _device_span(out) != _device_span(sample) and _device_overlap(out, sample):
-        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
-    for name in ("model_output", "history", "variance_noise"):
-        if arrays.get(name) is not None and _device_overlap(out, arrays[name]):
-            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
-    if hist is not None:
-        for name in ("model_output", "sample", "variance_noise"):
-            if arrays.get(name) is not None and _device_overlap(hist, arrays[name]):
-                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
-
-
-def _numpy_view(x: Any, name: str) -> np.ndarray:
-    """A NumPy array sharing memory with a NumPy array or CPU tensor (validated by the core)."""
-    if isinstance(x, np.ndarray):
-        return x
-    if _is_tensor(x):
-        return x.detach().numpy()
-    raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
-
-
-_warned_cpu_fallback = False
-
-
-def run_step(
-    coefficients: Any,
-    model_output: Any,
-    sample: Any,
-    *,
-    out: Any = None,
-    history: Any = None,
-    variance_noise: Any = None,
-    options: Mapping[str, Any],
-    stream: Any = None,
-) -> Any:
-    """Run the fused step on NumPy arrays, CPU tensors, CUDA tensors or CUDA device arrays;
-    returns ``out``.
-
-    ``options`` are the keyword options of ``_core.step`` besides the arrays and coefficients.
-    ``stream`` (device arrays only; an int handle or a ``_core.CudaStream``) overrides the
-    sample's ``stream`` attribute; CUDA tensors always use torch's current stream.
-    """
-    if _is_tensor(sample) and sample.is_cuda:
-        return _run_cuda(coefficients, model_output, sample, out, history, variance_noise, options)
-    if _is_device_array(sample):
-        return _run_device_array(
-            coefficients, model_output, sample, out, history, variance_noise, options, stream
-        )
-    tensor_in = _is_tensor(sample)
-    if tensor_in != _is_tensor(model_output):
-        raise TypeError(
-            "model_output and sample must both be NumPy arrays or both be torch tensors, got "
-            f"{type(model_output).__name__} and {type(sample).__name__}"
-        )
-    x = _numpy_view(sample, "sample")
-    m = _numpy_view(model_output, "model_output")
-    if out is None:
-        if tensor_in:
-            torch = _torch_module()
-            out = torch.empty(tuple(x.shape), dtype=torch.float32)
-        else:
-            out = np.empty(x.shape, dtype=np.float32)
-    o = _numpy_view(out, "out")
-    h = None if history is None else _numpy_view(history, "history")
-    z = None if variance_noise is None else _numpy_view(variance_noise, "variance_noise")
-    _core.step(m, x, o, coefficients, history=h, noise=z, **options)
-    return out
-
-
-def _run_cuda(coefficients, model_output, sample, out, history, variance_noise, options):
-    torch = _torch_module()
-    if out is None:
-        out = torch.empty_like(sample, memory_format=torch.contiguous_format)
-    tensors = {
-        "model_output": model_output,
-        "sample": sample,
-        "out": out,
-        "history": history,
-        "variance_noise": variance_noise,
-    }
-    _check_cuda_tensors(tensors)
-    if not _core.cuda_compiled:
-        global _warned_cpu_fallback
-        if not _warned_cpu_fallback:
-            warnings.warn(
-                "cellsynth was built without CUDA: the scheduler steps CUDA tensors on the CPU "
-                "(copying them there and back)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _warned_cpu_fallback = True
-        cpu = {k: (None if v is None else v.detach().cpu()) for k, v in tensors.items()}
-        cpu_out = cpu["out"] if out.data_ptr() != sample.data_ptr() else cpu["sample"]
-        run_step(
-            coefficients,
-            cpu["model_output"],
-            cpu["sample"],
-            out=cpu_out,
-            history=cpu["history"],
-            variance_noise=cpu["variance_noise"],
-            options=options,
-        )
-        out.copy_(cpu_out)
-        if history is not None:
-            history.copy_(cpu["history"])
-        return out
-    n_cells, n_genes = sample.shape
-    _core.cuda_step(
-        model_output.data_ptr(),
-        sample.data_ptr(),
-        out.data_ptr(),
-        int(n_cells),
-        int(n_genes),
-        coefficients,
-        history=0 if history is None else history.data_ptr(),
-        noise=0 if variance_noise is None else variance_noise.data_ptr(),
-        stream=torch.cuda.current_stream(sample.device).cuda_stream,
-        device=sample.device.index if sample.device.index is not None else 0,
-        **options,
-    )
-    return out
-
-
-def _run_device_array(
-    coefficients, model_output, sample, out, history, variance_noise, options, stream
-):
-    if not _core.cuda_compiled:
-        raise RuntimeError(
-            "cellsynth was built without CUDA: it cannot step CUDA device arrays (reinstall with "
-            "the CUDA toolkit present)"
-        )
-    handle = _stream_handle(stream if stream is not None else getattr(sample, "stream", 0))
-    device = int(sample.device)
-    if out is None:
-        out = _core.DeviceArray(tuple(sample.shape), "float32", device, stream=handle)
-    arrays = {
-        "model_output": model_output,
-        "sample": sample,
-        "out": out,
-        "history": history,
-        "variance_noise": variance_noise,
-    }
-    _check_device_arrays(arrays)
-    n_cells, n_genes = (int(d) for d in sample.shape)
-    _core.cuda_step(
-        int(model_output.data_ptr()),
-        int(sample.data_ptr()),
-        int(out.data_ptr()),
-        n_cells,
-        n_genes,
-        coefficients,
-        history=0 if history is None else int(history.data_ptr()),
-        noise=0 if variance_noise is None else int(variance_noise.data_ptr()),
-        stream=handle,
-        device=device,
-        **options,
-    )
-    return out
-
-
-def zeros_like(x: Any) -> Any:
-    """A zero float32 array / tensor (same device; same stream for device arrays) like ``x``."""
-    if _is_tensor(x):
-        torch = _torch_module()
-        return torch.zeros(tuple(x.shape), dtype=torch.float32, device=x.device)
-    if _is_device_array(x):
-        handle = _stream_handle(getattr(x, "stream", 0))
-        z = _core.DeviceArray(tuple(x.shape), "float32", int(x.device), stream=handle)
-        z.zero_()
-        return z
-    return np.zeros(np.shape(x), dtype=np.float32)
-
-
-def same_kind(a: Any, b: Any) -> bool:
-    """Whether a buffer made for ``a`` can serve ``b`` (type, shape, device)."""
-    kind = _array_kind(a)
-    if kind != _array_kind(b):
-        return False
-    if tuple(a.shape) != tuple(b.shape):
-        return False
-    if kind == "host":
-        return True
-    return a.device == b.device
-
-
-# ------------------------------------------------------------------------------------- base class
 
 
 class SchedulerBase:
@@ -535,13 +156,38 @@ class SchedulerBase:
 
     # --- diffusers compatibility ----------------------------------------------------------
 
+    # How S timesteps are spread over T: fn(T, S, spacing, steps_offset) (DPM-Solver has its own).
+    _spacing_fn = staticmethod(_core.timesteps)
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, timesteps: Any = None
+    ) -> None:
+        """Choose the timesteps: S of them by ``timestep_spacing``, or a custom list (and, for
+        DPM-Solver, their noise levels; its history is cleared).
+
+        Parameters
+        ----------
+        num_inference_steps : int, optional
+            S, 1 <= S <= T.
+        device : ignored
+            Accepted for diffusers compatibility (timesteps are a NumPy array).
+        timesteps : sequence of int, optional
+            A strictly descending list within [0, T) (instead of ``num_inference_steps``).
+        """
+        ts = self._select_timesteps(num_inference_steps, timesteps, self._spacing_fn)
+        self._adopt_timesteps(ts, custom=timesteps is not None)
+        self.num_inference_steps = len(ts)
+
+    def _adopt_timesteps(self, ts: np.ndarray, custom: bool) -> None:
+        """Take ``ts`` as the timesteps (each scheduler precomputes what its steps need)."""
+        raise NotImplementedError
+
     def _select_timesteps(
-        self, num_inference_steps: int | None, timesteps: Any, spacing_fn=None
+        self, num_inference_steps: int | None, timesteps: Any, spacing_fn
     ) -> np.ndarray:
         """The int64 timestep list of ``set_timesteps``: a validated custom list, or S of them.
 
-        ``spacing_fn(T, S, spacing, steps_offset)`` builds the list (default ``_core.timesteps``;
-        DPM-Solver passes its own).
+        ``spacing_fn(T, S, spacing, steps_offset)`` builds the list.
         """
         T = self.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
@@ -549,8 +195,7 @@ class SchedulerBase:
         if timesteps is not None:
             return _core.validate_timesteps(timesteps, T)
         S = check_int("num_inference_steps", num_inference_steps, 1, T)
-        fn = spacing_fn or _core.timesteps
-        return fn(T, S, self._config["timestep_spacing"], self._config["steps_offset"])
+        return spacing_fn(T, S, self._config["timestep_spacing"], self._config["steps_offset"])
 
     def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
         """The model input at ``timestep``: the sample itself (no scaling in these schedulers)."""
@@ -578,13 +223,13 @@ class SchedulerBase:
         """x_T shaped like ``like`` (a 2-D NumPy array, torch tensor or CUDA device array; same
         device for CUDA, drawn on the device array's ``stream``)."""
         cell_offset = check_int("cell_offset", cell_offset, 0)
-        if _is_device_array(like):
+        if is_device_array(like):
             shape = tuple(int(d) for d in like.shape)
             if len(shape) != 2:
                 raise ValueError(f"like must be 2-D [n_cells, n_genes], got {shape}")
             if not _core.cuda_compiled:
                 raise RuntimeError("cellsynth was built without CUDA: no device arrays")
-            handle = _stream_handle(getattr(like, "stream", 0))
+            handle = stream_handle(getattr(like, "stream", 0))
             out = _core.DeviceArray(shape, "float32", int(like.device), stream=handle)
             _core.cuda_randn(
                 out.data_ptr(),
@@ -597,10 +242,10 @@ class SchedulerBase:
                 device=int(like.device),
             )
             return out
-        if not _is_tensor(like):
+        if not is_tensor(like):
             n_cells, n_genes = np.shape(like)
             return self.init_noise(n_cells, n_genes, cell_offset)
-        torch = _torch_module()
+        torch = loaded_torch()
         if like.ndim != 2:
             raise ValueError(f"like must be 2-D [n_cells, n_genes], got {tuple(like.shape)}")
         n_cells, n_genes = (int(s) for s in like.shape)
@@ -708,6 +353,9 @@ class ListedTimestepsScheduler(SchedulerBase):
     _prev_timesteps: np.ndarray | None = None
     _index: dict[int, int] = {}
 
+    def _adopt_timesteps(self, ts: np.ndarray, custom: bool) -> None:
+        self._use_timesteps(ts)
+
     def _use_timesteps(self, ts: np.ndarray) -> None:
         """Adopt ``ts`` and precompute each step's previous timestep and position."""
         self.timesteps = ts
@@ -731,6 +379,23 @@ class ListedTimestepsScheduler(SchedulerBase):
                 "set_timesteps"
             ) from None
 
+    def _alpha_prods(self, index: int) -> tuple[float, float]:
+        """(alpha-bar at step ``index``'s timestep, at the one it lands on; the final one at -1)."""
+        t = int(self.timesteps[index])
+        prev = int(self._prev_timesteps[index])
+        ab = float(self.alphas_cumprod[t])
+        ab_prev = float(self.alphas_cumprod[prev]) if prev >= 0 else self.final_alpha_cumprod
+        return ab, ab_prev
+
     def previous_timestep(self, timestep: Any) -> int:
         """The timestep the step from ``timestep`` lands on (-1: the clean end)."""
         return int(self._prev_timesteps[self.index_for_timestep(timestep)])
+
+
+def refuse_generator(generator: Any) -> None:
+    """``step(generator=...)``: diffusers' argument, refused (the noise is keyed by the seed)."""
+    if generator is not None:
+        raise ValueError(
+            "generator is not supported: cellsynth draws counter-based noise keyed by the "
+            "scheduler's seed (pass seed= to the constructor, or variance_noise=)"
+        )

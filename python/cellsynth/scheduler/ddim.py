@@ -36,14 +36,9 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
-from cellsynth.scheduler._base import (
-    TIMESTEP_SPACINGS,
-    ListedTimestepsScheduler,
-    check_bool,
-    check_choice,
-    check_int,
-    run_step,
-)
+from cellsynth.scheduler._base import ListedTimestepsScheduler, refuse_generator
+from cellsynth.scheduler.arrays import run_step
+from cellsynth.scheduler.options import TIMESTEP_SPACINGS, check_bool, check_choice, check_int
 
 __all__ = ["DDIMScheduler"]
 
@@ -170,31 +165,6 @@ class DDIMScheduler(ListedTimestepsScheduler):
 
     # --- timesteps ------------------------------------------------------------------------
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, timesteps: Any = None
-    ) -> None:
-        """Choose the timesteps: S of them by ``timestep_spacing``, or a custom list.
-
-        Parameters
-        ----------
-        num_inference_steps : int, optional
-            S, 1 <= S <= T.
-        device : ignored
-            Accepted for diffusers compatibility (timesteps are a NumPy array).
-        timesteps : sequence of int, optional
-            A strictly descending list within [0, T) (instead of ``num_inference_steps``).
-        """
-        ts = self._select_timesteps(num_inference_steps, timesteps)
-        self._use_timesteps(ts)
-        self.num_inference_steps = len(ts)
-
-    def _alpha_prods(self, index: int) -> tuple[float, float]:
-        t = int(self.timesteps[index])
-        prev = int(self._prev_timesteps[index])
-        ab = float(self.alphas_cumprod[t])
-        ab_prev = float(self.alphas_cumprod[prev]) if prev >= 0 else self.final_alpha_cumprod
-        return ab, ab_prev
-
     # --- step -----------------------------------------------------------------------------
 
     def step(
@@ -237,11 +207,7 @@ class DDIMScheduler(ListedTimestepsScheduler):
         -------
         x_prev, the same type as ``sample`` ([n_cells, n_genes] float32).
         """
-        if generator is not None:
-            raise ValueError(
-                "generator is not supported: cellsynth draws counter-based noise keyed by the "
-                "scheduler's seed (pass seed= to the constructor, or variance_noise=)"
-            )
+        refuse_generator(generator)
         i = self.index_for_timestep(timestep)
         ab, ab_prev = self._alpha_prods(i)
         coefficients = _core.ddim_coefficients(ab, ab_prev, eta)

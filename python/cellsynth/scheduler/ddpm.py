@@ -27,14 +27,9 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
-from cellsynth.scheduler._base import (
-    TIMESTEP_SPACINGS,
-    ListedTimestepsScheduler,
-    check_bool,
-    check_choice,
-    check_int,
-    run_step,
-)
+from cellsynth.scheduler._base import ListedTimestepsScheduler, refuse_generator
+from cellsynth.scheduler.arrays import run_step
+from cellsynth.scheduler.options import TIMESTEP_SPACINGS, check_bool, check_choice, check_int
 
 __all__ = ["DDPMScheduler"]
 
@@ -144,24 +139,9 @@ class DDPMScheduler(ListedTimestepsScheduler):
 
     # --- timesteps ------------------------------------------------------------------------
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, timesteps: Any = None
-    ) -> None:
-        """Choose the timesteps: S of them by ``timestep_spacing``, or a custom list.
-
-        Parameters
-        ----------
-        num_inference_steps : int, optional
-            S, 1 <= S <= T.
-        device : ignored
-            Accepted for diffusers compatibility (timesteps are a NumPy array).
-        timesteps : sequence of int, optional
-            A strictly descending list within [0, T) (instead of ``num_inference_steps``).
-        """
-        ts = self._select_timesteps(num_inference_steps, timesteps)
-        self.custom_timesteps = timesteps is not None
+    def _adopt_timesteps(self, ts: np.ndarray, custom: bool) -> None:
+        self.custom_timesteps = custom  # diffusers' flag: a custom list was given
         self._use_timesteps(ts)
-        self.num_inference_steps = len(ts)
 
     # --- step -----------------------------------------------------------------------------
 
@@ -199,16 +179,10 @@ class DDPMScheduler(ListedTimestepsScheduler):
         -------
         x_prev, the same type as ``sample``.
         """
-        if generator is not None:
-            raise ValueError(
-                "generator is not supported: cellsynth draws counter-based noise keyed by the "
-                "scheduler's seed (pass seed= to the constructor, or variance_noise=)"
-            )
+        refuse_generator(generator)
         i = self.index_for_timestep(timestep)
+        ab, ab_prev = self._alpha_prods(i)
         t = int(self.timesteps[i])
-        prev = int(self._prev_timesteps[i])
-        ab = float(self.alphas_cumprod[t])
-        ab_prev = float(self.alphas_cumprod[prev]) if prev >= 0 else self.final_alpha_cumprod
         coefficients = _core.ddpm_coefficients(ab, ab_prev, t, self.variance_type)
         last = i == len(self.timesteps) - 1
         options = self._step_options(i, cell_offset, bool(self._config["truncate_final"] and last))

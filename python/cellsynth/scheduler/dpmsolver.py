@@ -37,16 +37,14 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
-from cellsynth.scheduler._base import (
+from cellsynth.scheduler._base import SchedulerBase
+from cellsynth.scheduler.arrays import run_step, same_kind, zeros_like
+from cellsynth.scheduler.options import (
     TIMESTEP_SPACINGS,
-    SchedulerBase,
     as_timestep,
     check_bool,
     check_choice,
     check_int,
-    run_step,
-    same_kind,
-    zeros_like,
 )
 
 __all__ = ["DPMSolverMultistepScheduler"]
@@ -213,28 +211,16 @@ class DPMSolverMultistepScheduler(SchedulerBase):
 
     # --- timesteps ------------------------------------------------------------------------
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, timesteps: Any = None
-    ) -> None:
-        """Choose the timesteps and noise levels, and clear the solver's history.
+    _spacing_fn = staticmethod(_core.dpmsolver_timesteps)  # diffusers' DPM-Solver lists
 
-        Parameters
-        ----------
-        num_inference_steps : int, optional
-            S, 1 <= S <= T.
-        device : ignored
-            Accepted for diffusers compatibility (timesteps are a NumPy array).
-        timesteps : sequence of int, optional
-            A strictly descending list within [0, T) (instead of ``num_inference_steps``).
-        """
-        ts = self._select_timesteps(num_inference_steps, timesteps, _core.dpmsolver_timesteps)
+    def _adopt_timesteps(self, ts: np.ndarray, custom: bool) -> None:
+        """The timesteps and their noise levels; the solver's history is cleared."""
         if self._config["final_sigmas_type"] == "zero":
             last = 0.0
         else:
             last = float(np.sqrt((1.0 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]))
         self.timesteps = ts
         self.sigmas = np.concatenate([self._all_sigmas[ts], [last]])  # float64 [S + 1]
-        self.num_inference_steps = len(ts)
         self._reset_state()
 
     def index_for_timestep(self, timestep: Any) -> int:
