@@ -1,5 +1,5 @@
 """
-Type stub of the compiled core (csrc/bindings.cpp), made by pybind11-stubgen from a CUDA
+Type stub of the compiled core (csrc/bindings/), made by pybind11-stubgen from a CUDA
 build; remake it after changing the bindings:
     pybind11-stubgen cellsynth._core -o python --numpy-array-use-type-var
 tests/test_layout.py checks that it lists every name the module has.
