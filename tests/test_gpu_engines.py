@@ -248,7 +248,8 @@ def test_timestep_embedding_layers_stay_fp32():
 
 
 def test_graph_noise_mode_and_key():
-    from cellsynth.backends.tensorrt_backend import _graph_key, _noise_mode
+    from cellsynth.backends.tensorrt_graphs import graph_key as _graph_key
+    from cellsynth.backends.tensorrt_graphs import noise_mode as _noise_mode
     from cellsynth.scheduler import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     ddim = DDIMScheduler(seed=3)

@@ -164,3 +164,33 @@ def test_the_core_stub_lists_every_name_of_the_core():
     assert present <= set(listed), f"not in the stub: {sorted(present - set(listed))}"
     if _core.cuda_compiled:  # a CPU-only build lacks the CUDA runtime's classes
         assert set(listed) == present
+
+
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 85  # of code, docstring excluded; a longer one says why ("Long because:")
+
+
+def _code_lines(fn: ast.FunctionDef, source_lines: list[str]) -> tuple[int, str]:
+    body = fn.body
+    has_doc = isinstance(body[0], ast.Expr) and isinstance(
+        getattr(body[0], "value", None), ast.Constant
+    )
+    start = body[0].end_lineno + 1 if has_doc and len(body) > 1 else body[0].lineno
+    head = "".join(source_lines[fn.lineno - 1 : start + 2])  # the def line to the first code
+    return fn.end_lineno - start + 1, head
+
+
+def test_runtime_files_and_functions_stay_small():
+    long_files, long_functions = [], []
+    for path in _sources(RUNTIME):
+        text = path.read_text()
+        lines = text.splitlines(keepends=True)
+        if len(lines) > MAX_FILE_LINES:
+            long_files.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n, head = _code_lines(node, lines)
+                if n > MAX_FUNCTION_LINES and "Long because:" not in head:
+                    long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {n}")
+    assert not long_files, long_files
+    assert not long_functions, long_functions

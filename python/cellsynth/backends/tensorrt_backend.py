@@ -44,7 +44,6 @@ from __future__ import annotations
 import collections
 import copy
 import gc
-import json
 import sys
 import warnings
 from collections.abc import Mapping
@@ -55,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from cellsynth import _core
-from cellsynth.backends._cuda import CudaDenoiser, LoopBuffers, cuda_device_index
+from cellsynth.backends._cuda import CudaDenoiser, cuda_device_index
+from cellsynth.backends.tensorrt_graphs import GraphEntry, graph_key, needs_history, noise_mode
 from cellsynth.errors import BundleError, CellsynthError
 
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64"}
@@ -67,15 +67,6 @@ class _Context:
 
     context: Any
     rows: int = -1
-
-
-@dataclass
-class _GraphEntry:
-    graph: Any  # _core.CudaGraph
-    buffers: LoopBuffers
-    context: _Context
-    noise: bool  # the noise offset must be written before each launch
-    launches: int = 0
 
 
 class TensorRTDenoiser(CudaDenoiser):
@@ -171,7 +162,7 @@ class TensorRTDenoiser(CudaDenoiser):
         self._scratch = None
         self._main = _Context(self._new_context())
         self._current = self._main
-        self._graphs: collections.OrderedDict[tuple, _GraphEntry] = collections.OrderedDict()
+        self._graphs: collections.OrderedDict[tuple, GraphEntry] = collections.OrderedDict()
         self._uses: dict[tuple, int] = {}
         self._uncapturable: set[tuple] = set()
         self.graph_launches = 0
@@ -326,7 +317,7 @@ class TensorRTDenoiser(CudaDenoiser):
         guided, codes, timesteps = self._batch(x_T, labels, null_labels, guidance, scheduler)
         n_cells = len(x_T)
         n_in = 2 * n_cells if guided else n_cells
-        noise = _noise_mode(scheduler, step_options)
+        noise = noise_mode(scheduler, step_options)
         plain = (
             not self.cuda_graph
             or noise is None
@@ -337,7 +328,7 @@ class TensorRTDenoiser(CudaDenoiser):
             return super().denoise(
                 scheduler, x_T, labels, null_labels, guidance, cell_offset, step_options, on_step
             )
-        key = _graph_key(scheduler, n_cells, guided, guidance, timesteps, step_options, noise)
+        key = graph_key(scheduler, n_cells, guided, guidance, timesteps, step_options, noise)
         entry = self._graphs.get(key)
         if entry is None:
             uses = self._uses.get(key, 0) + 1
@@ -379,11 +370,11 @@ class TensorRTDenoiser(CudaDenoiser):
 
     def _capture(
         self, key, scheduler, x_T, codes, timesteps, guidance, step_options, noise, cell_offset
-    ) -> _GraphEntry | None:
+    ) -> GraphEntry | None:
         """Record the loop for this configuration; None (and a warning) when that fails."""
         n_cells = len(x_T)
         guided = guidance != 1.0
-        history = _needs_history(scheduler)
+        history = needs_history(scheduler)
         if history and getattr(scheduler, "step_index", None) is not None:
             return None  # not fresh (set_timesteps not called): the plain loop says so
         gc_enabled = gc.isenabled()
@@ -433,7 +424,7 @@ class TensorRTDenoiser(CudaDenoiser):
             self._current = self._main
             if gc_enabled:
                 gc.enable()
-        entry = _GraphEntry(graph=graph, buffers=b, context=c, noise=noise == "device")
+        entry = GraphEntry(graph=graph, buffers=b, context=c, noise=noise == "device")
         self._graphs[key] = entry
         self.graph_captures += 1
         while len(self._graphs) > self.max_graphs:
@@ -452,43 +443,3 @@ class TensorRTDenoiser(CudaDenoiser):
             entry.graph.close()
         self._graphs.clear()
         super().close()
-
-
-def _noise_mode(scheduler: Any, step_options: Mapping[str, Any]) -> str | None:
-    """'none' (no step noise), 'device' (noise keyed by step index and global cell: drawn in the
-    graph from a device-memory offset) or None (unknown scheduler: no graph)."""
-    from cellsynth.scheduler import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if "variance_noise" in step_options or "generator" in step_options:
-        return None
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        return "none"
-    if isinstance(scheduler, DDIMScheduler):
-        return "none" if float(step_options.get("eta", 0.0)) == 0.0 else "device"
-    if isinstance(scheduler, DDPMScheduler):
-        return "device"
-    return None
-
-
-def _needs_history(scheduler: Any) -> bool:
-    from cellsynth.scheduler import DPMSolverMultistepScheduler
-
-    return isinstance(scheduler, DPMSolverMultistepScheduler) and (
-        scheduler.config["solver_order"] == 2
-    )
-
-
-def _graph_key(scheduler, n_cells, guided, guidance, timesteps, step_options, noise) -> tuple:
-    config = json.dumps(dict(scheduler.config), sort_keys=True, default=repr)
-    options = json.dumps(dict(step_options), sort_keys=True, default=repr)
-    return (
-        type(scheduler).__module__,
-        type(scheduler).__qualname__,
-        config,
-        int(n_cells),
-        bool(guided),
-        float(guidance) if guided else None,
-        tuple(int(t) for t in timesteps),
-        options,
-        noise,
-    )

@@ -255,44 +255,12 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    kept: list = []
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls (on by default) are not fp32
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    if precision != "fp32":
-        kept = keep_timestep_embedding_fp32(network, trt)
-        if kept:
-            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-
-    profile = builder.create_optimization_profile()
-    shapes = {}
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        shape = tuple(int(d) for d in inp.shape)
-        if not shape or shape[0] != -1:
-            raise BundleError(
-                f"{onnx_file}: input {inp.name!r} has shape {shape}, without a dynamic batch "
-                "dimension; re-export the ONNX model with cellsynth"
-            )
-        if any(d < 0 for d in shape[1:]):
-            raise BundleError(
-                f"{onnx_file}: input {inp.name!r} has dynamic dimensions besides the batch: {shape}"
-            )
-        rest = shape[1:]
-        lo, mid, hi = (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
-        profile.set_shape(inp.name, lo, mid, hi)
-        shapes[inp.name] = {"min": list(lo), "opt": list(mid), "max": list(hi)}
-    config.add_optimization_profile(profile)
-
+    kept = _set_precision(config, network, trt, precision)
+    shapes: dict[str, dict] = {}  # input -> its min / opt / max shape, for the manifest
+    batches = (min_batch, opt_batch, max_batch)
+    config.add_optimization_profile(_batch_profile(builder, network, onnx_file, batches, shapes))
     cache_path = root / TIMING_CACHE
-    blob = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if cache is None and blob:  # unreadable (another TensorRT version): start afresh
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False
+    _load_timing_cache(config, cache_path)
 
     monitor = _Progress.make(trt) if progress else None
     if monitor is not None:
@@ -313,11 +281,7 @@ def build_engine(
         )
 
     # The timing cache (updated by the build), then the engine, both written atomically.
-    updated = config.get_timing_cache()
-    if updated is not None:
-        with atomic_path(cache_path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(updated.serialize())
+    _save_timing_cache(config, cache_path)
     onnx_entry = export_entry(b, "onnx", onnx_precision) or {}
     entry = {
         "gpu": props["name"],
@@ -345,6 +309,64 @@ def build_engine(
     if progress:
         print(f"TensorRT engine written to {final} ({seconds:.0f} s)", file=sys.stderr)
     return {**entry, "key": key, "path": str(final)}
+
+
+def _set_precision(config: Any, network: Any, trt: Any, precision: str) -> list:
+    """Builder flags for ``precision``; the layers kept in fp32 below fp32 (the time embedding)."""
+    kept: list = []
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls (on by default) are not fp32
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    if precision != "fp32":
+        kept = keep_timestep_embedding_fp32(network, trt)
+        if kept:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return kept
+
+
+def _batch_profile(
+    builder: Any, network: Any, onnx_file: Path, batches: tuple[int, int, int], shapes: dict
+) -> Any:
+    """The optimisation profile over the batch range (min, opt, max); fills ``shapes``."""
+    min_batch, opt_batch, max_batch = batches
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        shape = tuple(int(d) for d in inp.shape)
+        if not shape or shape[0] != -1:
+            raise BundleError(
+                f"{onnx_file}: input {inp.name!r} has shape {shape}, without a dynamic batch "
+                "dimension; re-export the ONNX model with cellsynth"
+            )
+        if any(d < 0 for d in shape[1:]):
+            raise BundleError(
+                f"{onnx_file}: input {inp.name!r} has dynamic dimensions besides the batch: {shape}"
+            )
+        rest = shape[1:]
+        lo, mid, hi = (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
+        profile.set_shape(inp.name, lo, mid, hi)
+        shapes[inp.name] = {"min": list(lo), "opt": list(mid), "max": list(hi)}
+    return profile
+
+
+def _load_timing_cache(config: Any, cache_path: Path) -> None:
+    """Reuse the bundle's timing cache (an unreadable one, from another TensorRT: start afresh)."""
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None and blob:
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False
+
+
+def _save_timing_cache(config: Any, cache_path: Path) -> None:
+    updated = config.get_timing_cache()
+    if updated is not None:
+        with atomic_path(cache_path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(updated.serialize())
 
 
 def find_engine(bundle: Any, precision: str = "fp16", device: int = 0) -> Path | None:

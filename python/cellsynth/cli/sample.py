@@ -8,6 +8,7 @@ from cellsynth.scheduler import SCHEDULER_NAMES, TIMESTEP_SPACINGS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    # Long because: one add_argument per option of `cellsynth sample`, in --help's order.
     p = sub.add_parser("sample", help="generate synthetic cells from a bundle")
     p.add_argument(
         "bundle",

@@ -190,17 +190,7 @@ def prepare(
     # QC runs before the split (cells must be dropped before they are assigned). Gene QC thus
     # sees test cells, but it only drops genes detected in a handful of cells; the ranking of
     # informative genes below sees training cells only.
-    cell_mask, gene_mask = qc_masks(x, min_genes_per_cell, min_cells_per_gene)
-    if not cell_mask.any():
-        raise DataError(
-            f"QC removed every cell: none has >= {min_genes_per_cell} detected genes. "
-            "Lower min_genes_per_cell."
-        )
-    if not gene_mask.any():
-        raise DataError(
-            f"QC removed every gene: none is detected in >= {min_cells_per_gene} cells. "
-            "Lower min_cells_per_gene."
-        )
+    cell_mask, gene_mask = _qc(x, min_genes_per_cell, min_cells_per_gene)
     x, cells, obs = x[cell_mask], cells[cell_mask], obs.iloc[np.flatnonzero(cell_mask)]
     # Vocabularies from the cells that remain, so every class has cells behind it.
     codes, vocabularies = _label_codes(obs, keys)
@@ -245,13 +235,7 @@ def prepare(
     )
 
     def labels_frame(idx: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                k: pd.Categorical.from_codes(codes[idx, j], categories=vocabularies[k])
-                for j, k in enumerate(keys)
-            },
-            index=pd.Index(cells[idx], name=adata.obs_names.name),
-        )
+        return _labels_frame(codes[idx], keys, vocabularies, cells[idx], adata.obs_names.name)
 
     return PreparedData(
         record=record,
@@ -268,4 +252,32 @@ def prepare(
         library_train=totals[train],
         library_test=totals[test],
         var=var,
+    )
+
+
+def _qc(x: sp.csr_matrix, min_genes_per_cell: int, min_cells_per_gene: int):
+    """(cells kept, genes kept) by scanpy's filter_cells / filter_genes thresholds; a DataError
+    when QC would keep nothing."""
+    cell_mask, gene_mask = qc_masks(x, min_genes_per_cell, min_cells_per_gene)
+    if not cell_mask.any():
+        raise DataError(
+            f"QC removed every cell: none has >= {min_genes_per_cell} detected genes. "
+            "Lower min_genes_per_cell."
+        )
+    if not gene_mask.any():
+        raise DataError(
+            f"QC removed every gene: none is detected in >= {min_cells_per_gene} cells. "
+            "Lower min_cells_per_gene."
+        )
+    return cell_mask, gene_mask
+
+
+def _labels_frame(codes: np.ndarray, keys, vocabularies, cells, index_name) -> pd.DataFrame:
+    """One categorical column per label key, indexed by the cells' names."""
+    return pd.DataFrame(
+        {
+            k: pd.Categorical.from_codes(codes[:, j], categories=vocabularies[k])
+            for j, k in enumerate(keys)
+        },
+        index=pd.Index(cells, name=index_name),
     )

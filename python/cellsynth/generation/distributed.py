@@ -116,11 +116,7 @@ def generate(
         check_output(out, overwrite, directory=not merged)
     if overwrite and parts_dir.exists() and merged:
         _remove_parts(parts_dir)
-    if not ray.is_initialized():
-        if address is None:  # a local cluster of this machine
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+    _connect(ray, address)
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = options.get("threads")
     if workers is None:
@@ -171,6 +167,33 @@ def generate(
         for p in todo
     }  # fmt: skip
     try:
+        _wait_for_shards(ray, pending, parts_dir, bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 3)
+    manifest["workers"] = workers
+    _write_json(parts_dir / MANIFEST, manifest)
+    if merged:
+        _merge(parts_dir, manifest, out, overwrite)
+        _remove_parts(parts_dir)
+    return out
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """Join the cluster at ``address``, or start (or join, in this process) a local one."""
+    if ray.is_initialized():
+        return
+    if address is None:  # a local cluster of this machine
+        ray.init(include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+
+
+def _wait_for_shards(ray: Any, pending: dict, parts_dir: Path, bar: Any) -> None:
+    """Wait for every shard task ({ref: shard}); the first failure cancels the others and says
+    how to resume."""
+    try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             shard = pending.pop(ready[0])
@@ -186,15 +209,6 @@ def generate(
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
-        bar.close()
-    seconds = time.perf_counter() - started
-    manifest["seconds"] = round(seconds, 3)
-    manifest["workers"] = workers
-    _write_json(parts_dir / MANIFEST, manifest)
-    if merged:
-        _merge(parts_dir, manifest, out, overwrite)
-        _remove_parts(parts_dir)
-    return out
 
 
 def read(path: str | os.PathLike, backed: bool = False) -> Any:

@@ -14,6 +14,13 @@ from typing import Any
 import numpy as np
 
 from cellsynth.metrics import paper, sound, structure
+from cellsynth.metrics.inputs import (
+    check_widths,
+    dense,
+    floor_label_sets,
+    joint_labels,
+    label_sets,
+)
 from cellsynth.metrics.summary import fit_pca
 
 #: What each metric measures and which way is better ("lower", "higher", or "0.5" for the AUC).
@@ -38,45 +45,6 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def _dense(x: Any) -> np.ndarray:
-    """[n, G] float32 (float64 kept as given) from a numpy array or a scipy.sparse matrix."""
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"expected a cells x genes matrix, got an array of shape {x.shape}")
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
-
-
-def _label_sets(
-    real_labels: Any, synthetic_labels: Any, label_key: str | None, n_real: int, n_syn: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{key: (real labels [n], synthetic labels [m])} as string arrays, validated."""
-    if real_labels is None and synthetic_labels is None:
-        return {}
-    if real_labels is None or synthetic_labels is None:
-        raise ValueError("give labels for both real and synthetic cells, or for neither")
-    if isinstance(real_labels, Mapping):
-        keys = [label_key] if label_key is not None else list(real_labels)
-        for k in keys:
-            if k not in real_labels or k not in synthetic_labels:
-                raise ValueError(f"label {k!r} missing from real or synthetic labels")
-        pairs = {k: (real_labels[k], synthetic_labels[k]) for k in keys}
-    else:
-        pairs = {label_key or "label": (real_labels, synthetic_labels)}
-    out = {}
-    for k, (r, s) in pairs.items():
-        r, s = np.asarray(r).astype(str), np.asarray(s).astype(str)
-        if len(r) != n_real or len(s) != n_syn:
-            raise ValueError(
-                f"label {k!r}: {len(r)} real / {len(s)} synthetic labels for "
-                f"{n_real} real / {n_syn} synthetic cells"
-            )
-        out[k] = (r, s)
-    return out
-
-
-#: Metric families, each computed by one function below; ``families=`` picks a subset.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "paper": (
         "paper_kl_softmax",
@@ -270,64 +238,22 @@ def compute_metrics(
     undefined for the data (e.g. a Pearson r of constant values). Directions and meanings of the
     metric names are in :data:`METRICS`.
     """
-    real, synthetic = _dense(real), _dense(synthetic)
-    _check_widths(real, synthetic, floor_real, pca_real)
+    params = dict(locals())  # every option as passed, before any other name exists
+    real, synthetic = dense(real), dense(synthetic)
+    check_widths(real, synthetic, floor_real, pca_real)
     n, m = len(real), len(synthetic)
     if n < 6 or m < 2:
         raise ValueError(f"need at least 6 real and 2 synthetic cells, got {n} and {m}")
-    labels = _label_sets(real_labels, synthetic_labels, label_key, n, m)
-    floor = _dense(floor_real) if floor_real is not None else None
-    floor_lab = _floor_label_sets(floor_labels, labels, label_key, floor)
-    if mmd_bandwidth not in ("synthetic", "floor"):
-        raise ValueError(f"mmd_bandwidth must be 'synthetic' or 'floor', got {mmd_bandwidth!r}")
-    families = tuple(FAMILIES) if families is None else tuple(families)
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"unknown metric families {unknown}; choose from {sorted(FAMILIES)}")
-    opts = {
-        "families": families,
-        "class_metrics": None if class_metrics is None else list(class_metrics),
-        "n_components": n_components,
-        "pca_cells": pca_cells,
-        "pca_method": pca_method,
-        "gene_chunk": gene_chunk,
-        "paper_max_cells": paper_max_cells,
-        "mmd_max_cells": mmd_max_cells,
-        "mmd_bandwidth": mmd_bandwidth,
-        "w2_max_cells": w2_max_cells,
-        "sliced_projections": sliced_projections,
-        "knn_k": knn_k,
-        "knn_folds": knn_folds,
-        "knn_max_cells": knn_max_cells,
-        "corr_genes": corr_genes,
-        "corr_min_cells": corr_min_cells,
-        "min_cells": min_cells,
-        "seed": seed,
-        "external_pca": pca_real is not None,
-        "external_floor": floor is not None,
-    }
+    labels = label_sets(real_labels, synthetic_labels, label_key, n, m)
+    floor = dense(floor_real) if floor_real is not None else None
+    floor_lab = floor_label_sets(floor_labels, labels, label_key, floor)
+    opts = _settings(params, floor is not None)
 
     rng = np.random.default_rng(seed)
-    # pool: the real cells B is drawn from (real itself, or floor_real); P, A, B: row indices.
-    if pca_real is None:
-        n_fit = min(n // 3, pca_cells)
-        perm = rng.permutation(n)
-        fit_rows, rest = perm[:n_fit], perm[n_fit:]
-        pca_source = real[np.sort(fit_rows)]
-    else:
-        pca_source = _dense(pca_real)
-        if len(pca_source) > pca_cells:
-            pca_source = pca_source[np.sort(rng.choice(len(pca_source), pca_cells, False))]
-        n_fit, rest = len(pca_source), rng.permutation(n)
-    if floor is None:
-        h = min(len(rest) // 2, m)
-        ref, held = np.sort(rest[:h]), np.sort(rest[h : 2 * h])
-        pool, pool_labels = real, labels
-    else:
-        h = min(len(rest), m, len(floor))
-        ref, held = np.sort(rest[:h]), _pick(np.arange(len(floor)), h, rng)
-        pool, pool_labels = floor, floor_lab
-    syn = _pick(np.arange(m), h, rng)
+    pca_source, ref, held, syn = _split_cells(real, m, floor, pca_real, pca_cells, rng)
+    n_fit, h = len(pca_source), len(ref)
+    # pool: the real cells B is drawn from (real itself, or floor_real)
+    pool, pool_labels = (real, labels) if floor is None else (floor, floor_lab)
 
     if pca_method == "randomized":
         mean, comps = sound.fit_pca_randomized(pca_source, n_components, seed=seed)
@@ -340,7 +266,7 @@ def compute_metrics(
     real_pc = sound.project(real, mean, comps)  # [n, k]
     syn_pc = sound.project(synthetic, mean, comps)  # [m, k]
     pool_pc = real_pc if floor is None else sound.project(floor, mean, comps)  # [n_pool, k]
-    joint = _joint(labels), _joint(pool_labels), _joint(labels, synthetic=True)
+    joint = joint_labels(labels), joint_labels(pool_labels), joint_labels(labels, synthetic=True)
 
     def compare(
         a: np.ndarray, b: np.ndarray, s: np.ndarray, chosen: dict[str, Any] = opts
@@ -373,78 +299,114 @@ def compute_metrics(
         for key, (r_lab, s_lab) in labels.items()
     }
     per_class = _class_options(opts)
-    out["by_label"] = {}
-    for key, (r_lab, s_lab) in labels.items():
-        p_lab = pool_labels[key][0]
-        classes, skipped = {}, {}
-        for c in sorted(set(r_lab) | set(s_lab)):
-            a, b = ref[r_lab[ref] == c], held[p_lab[held] == c]
-            s = np.flatnonzero(s_lab == c)
-            h_c = min(len(a), len(b), len(s))
-            if h_c < min_cells:
-                skipped[c] = (
-                    f"too few cells: {int((r_lab == c).sum())} real, {len(s)} synthetic "
-                    f"(compared sets of {h_c} < min_cells={min_cells})"
-                )
-                continue
-            metrics = compare(_pick(a, h_c, rng), _pick(b, h_c, rng), _pick(s, h_c, rng), per_class)
-            if opts["class_metrics"] is not None:
-                metrics = {k: v for k, v in metrics.items() if k in opts["class_metrics"]}
-            classes[c] = {
-                "n_real": int((r_lab == c).sum()),
-                "n_synthetic": int(len(s)),
-                "n_compared": int(h_c),
-                "metrics": metrics,
-            }
-        out["by_label"][key] = {"classes": classes, "skipped": skipped}
+    out["by_label"] = {
+        key: _by_class(
+            lambda a, b, s: compare(a, b, s, per_class),
+            ref,
+            held,
+            r_lab,
+            pool_labels[key][0],
+            s_lab,
+            rng,
+            opts,
+        )  # fmt: skip
+        for key, (r_lab, s_lab) in labels.items()
+    }
     return out
 
 
-def _check_widths(real: np.ndarray, synthetic: np.ndarray, *others: Any) -> None:
-    """Every matrix must have the same genes (columns) as the real cells."""
-    for x, what in (
-        (synthetic, "synthetic cells"),
-        *zip(others, ("floor_real", "pca_real"), strict=True),
-    ):
-        if x is not None and x.shape[1] != real.shape[1]:
-            raise ValueError(
-                f"real cells have {real.shape[1]} genes and {what} {x.shape[1]}: "
-                "align both to the same genes first"
-            )
+# compute_metrics' options recorded under "settings" (the data arguments are not).
+SETTINGS = (
+    "n_components", "pca_cells", "pca_method", "gene_chunk", "paper_max_cells", "mmd_max_cells",
+    "mmd_bandwidth", "w2_max_cells", "sliced_projections", "knn_k", "knn_folds", "knn_max_cells",
+    "corr_genes", "corr_min_cells", "min_cells", "seed",
+)  # fmt: skip
 
 
-def _floor_label_sets(
-    floor_labels: Any,
-    labels: dict[str, tuple[np.ndarray, np.ndarray]],
-    label_key: str | None,
+def _settings(params: Mapping[str, Any], external_floor: bool) -> dict[str, Any]:
+    """The checked options of one compute_metrics call, as its result records them."""
+    if params["mmd_bandwidth"] not in ("synthetic", "floor"):
+        raise ValueError(
+            f"mmd_bandwidth must be 'synthetic' or 'floor', got {params['mmd_bandwidth']!r}"
+        )
+    families = params["families"]
+    families = tuple(FAMILIES) if families is None else tuple(families)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown metric families {unknown}; choose from {sorted(FAMILIES)}")
+    class_metrics = params["class_metrics"]
+    return {
+        "families": families,
+        "class_metrics": None if class_metrics is None else list(class_metrics),
+        **{k: params[k] for k in SETTINGS},
+        "external_pca": params["pca_real"] is not None,
+        "external_floor": external_floor,
+    }
+
+
+def _split_cells(
+    real: np.ndarray,
+    m: int,
     floor: np.ndarray | None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The floor sample's labels in the shape of ``labels`` ({key: (labels [n_f], unused)})."""
-    if floor is None or not labels:
-        return labels
-    if floor_labels is None:
-        raise ValueError("give labels for the floor cells too (floor_labels)")
-    out = {}
-    for key in labels:
-        f = floor_labels[key] if isinstance(floor_labels, Mapping) else floor_labels
-        f = np.asarray(f).astype(str)
-        if len(f) != len(floor):
-            raise ValueError(f"label {key!r}: {len(f)} floor labels for {len(floor)} floor cells")
-        out[key] = (f, f)
-    return out
+    pca_real: Any,
+    pca_cells: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(PCA cells P, rows of A in ``real``, rows of B in the pool, rows of S), as the
+    :func:`compute_metrics` docstring describes; the pool is ``floor`` when given, else ``real``."""
+    n = len(real)
+    if pca_real is None:
+        n_fit = min(n // 3, pca_cells)
+        perm = rng.permutation(n)
+        fit_rows, rest = perm[:n_fit], perm[n_fit:]
+        pca_source = real[np.sort(fit_rows)]
+    else:
+        pca_source = dense(pca_real)
+        if len(pca_source) > pca_cells:
+            pca_source = pca_source[np.sort(rng.choice(len(pca_source), pca_cells, False))]
+        rest = rng.permutation(n)
+    if floor is None:
+        h = min(len(rest) // 2, m)
+        ref, held = np.sort(rest[:h]), np.sort(rest[h : 2 * h])
+    else:
+        h = min(len(rest), m, len(floor))
+        ref, held = np.sort(rest[:h]), _pick(np.arange(len(floor)), h, rng)
+    return pca_source, ref, held, _pick(np.arange(m), h, rng)
 
 
-def _joint(
-    labels: dict[str, tuple[np.ndarray, np.ndarray]], synthetic: bool = False
-) -> np.ndarray | None:
-    """The joint class of each cell ('a|b' over every label key), or None without labels."""
-    if not labels:
-        return None
-    cols = [pair[1] if synthetic else pair[0] for pair in labels.values()]
-    out = cols[0].astype(object)
-    for col in cols[1:]:
-        out = out + "|" + col.astype(object)
-    return out.astype(str)
+def _by_class(
+    compare: Any,
+    ref: np.ndarray,
+    held: np.ndarray,
+    r_lab: np.ndarray,
+    p_lab: np.ndarray,
+    s_lab: np.ndarray,
+    rng: np.random.Generator,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """One label key's per-class comparisons: A_c, B_c, S_c cut to h_c each (min_cells at least)."""
+    min_cells = opts["min_cells"]
+    classes, skipped = {}, {}
+    for c in sorted(set(r_lab) | set(s_lab)):
+        a, b = ref[r_lab[ref] == c], held[p_lab[held] == c]
+        s = np.flatnonzero(s_lab == c)
+        h_c = min(len(a), len(b), len(s))
+        if h_c < min_cells:
+            skipped[c] = (
+                f"too few cells: {int((r_lab == c).sum())} real, {len(s)} synthetic "
+                f"(compared sets of {h_c} < min_cells={min_cells})"
+            )
+            continue
+        metrics = compare(_pick(a, h_c, rng), _pick(b, h_c, rng), _pick(s, h_c, rng))
+        if opts["class_metrics"] is not None:
+            metrics = {k: v for k, v in metrics.items() if k in opts["class_metrics"]}
+        classes[c] = {
+            "n_real": int((r_lab == c).sum()),
+            "n_synthetic": int(len(s)),
+            "n_compared": int(h_c),
+            "metrics": metrics,
+        }
+    return {"classes": classes, "skipped": skipped}
 
 
 def _class_options(opts: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from cellsynth.scheduler.ddim import DDIMScheduler
 from cellsynth.scheduler.ddpm import DDPMScheduler
 from cellsynth.scheduler.dpmsolver import DPMSolverMultistepScheduler
 from cellsynth.scheduler.options import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
+from cellsynth.scheduler.schedules import SCHEDULE_KEYS
 
 __all__ = [
     "DDIMScheduler",
@@ -49,15 +50,6 @@ SCHEDULERS = {
     "dpmsolver++": DPMSolverMultistepScheduler,
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)  # what --scheduler accepts everywhere
-
-_SCHEDULE_KEYS = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "rescale_betas_zero_snr",
-)
 
 
 def scheduler_from_schedule(
@@ -80,13 +72,13 @@ def scheduler_from_schedule(
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {tuple(SCHEDULERS)}")
-    fixed = sorted(k for k in options if k in _SCHEDULE_KEYS)
+    fixed = sorted(k for k in options if k in SCHEDULE_KEYS)
     if fixed:
         raise ValueError(
             f"{fixed} are fixed by the model's training schedule and cannot be changed here"
         )
     d = schedule.to_dict()
-    params = {k: d.get(k) for k in _SCHEDULE_KEYS if k in d}
+    params = {k: d.get(k) for k in SCHEDULE_KEYS if k in d}
     return SCHEDULERS[name](**params, prediction_type=prediction_type, **options)
 
 

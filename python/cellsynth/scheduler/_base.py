@@ -141,8 +141,8 @@ class SchedulerBase:
                     )
             else:
                 ignored.append(key)
-        if ignored and not all(k in _KNOWN_OPTIONS for k in ignored):
-            unknown = sorted(k for k in ignored if k not in _KNOWN_OPTIONS)
+        unknown = sorted(set(ignored) - known_options())
+        if unknown:
             warnings.warn(
                 f"{cls.__name__}.from_config ignores unknown options {unknown}",
                 UserWarning,
@@ -304,47 +304,15 @@ def _same_value(a: Any, b: Any) -> bool:
         return False
 
 
-# Options any diffusers DDIM / DDPM / DPM-Solver config may carry (ignored silently when they do
-# not apply to the scheduler being built, as diffusers does).
-_KNOWN_OPTIONS = frozenset(
-    {
-        "num_train_timesteps",
-        "beta_start",
-        "beta_end",
-        "beta_schedule",
-        "trained_betas",
-        "clip_sample",
-        "set_alpha_to_one",
-        "steps_offset",
-        "prediction_type",
-        "thresholding",
-        "dynamic_thresholding_ratio",
-        "clip_sample_range",
-        "sample_max_value",
-        "timestep_spacing",
-        "rescale_betas_zero_snr",
-        "variance_type",
-        "solver_order",
-        "algorithm_type",
-        "solver_type",
-        "lower_order_final",
-        "euler_at_final",
-        "use_karras_sigmas",
-        "use_exponential_sigmas",
-        "use_beta_sigmas",
-        "use_lu_lambdas",
-        "use_flow_sigmas",
-        "flow_shift",
-        "final_sigmas_type",
-        "lambda_min_clipped",
-        "use_dynamic_shifting",
-        "time_shift_type",
-        "bug_compatible_prev_timestep",
-        "truncate_final",
-        "truncate_threshold",
-        "seed",
-    }
-)
+def known_options() -> frozenset[str]:
+    """Options any diffusers DDIM / DDPM / DPM-Solver config may carry: those of the three
+    schedulers, each its own list (ignored silently when they do not apply to the scheduler being
+    built, as diffusers does)."""
+    from cellsynth.scheduler import SCHEDULERS  # the package imports this module
+
+    return frozenset().union(
+        *(set(c._config_names) | set(c._diffusers_only) for c in SCHEDULERS.values())
+    )
 
 
 class ListedTimestepsScheduler(SchedulerBase):

@@ -17,6 +17,17 @@ from cellsynth import _core
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
+# The entries of a schedule (a bundle's "schedule" block, diffusers' scheduler config keys).
+SCHEDULE_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+)
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """The forward-noising schedule of a DDPM.
@@ -90,15 +101,7 @@ class NoiseSchedule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseSchedule:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
-        known = {
-            "num_train_timesteps",
-            "beta_start",
-            "beta_end",
-            "beta_schedule",
-            "trained_betas",
-            "rescale_betas_zero_snr",
-        }
-        unknown = set(d) - known
+        unknown = set(d) - set(SCHEDULE_KEYS)
         if unknown:
             raise ValueError(f"unknown schedule options: {sorted(unknown)}")
         tb = d.get("trained_betas")
