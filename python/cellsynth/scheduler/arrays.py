@@ -71,9 +71,25 @@ def _span(t) -> tuple[int, int]:
     return start, start + t.numel() * t.element_size()
 
 
-def _overlap(a, b) -> bool:
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
+def _check_no_aliasing(arrays: dict[str, Any], span) -> None:
+    """The aliasing rules of the fused step (csrc/bindings/helpers.h checks the NumPy path the
+    same way): ``out`` may be ``sample`` itself but overlap nothing else; ``history`` overlaps
+    nothing it is read with. ``span(a)`` gives [first byte, one past the last)."""
+
+    def overlap(a: Any, b: Any) -> bool:
+        (a0, a1), (b0, b1) = span(a), span(b)
+        return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
+
+    out, sample, hist = arrays["out"], arrays["sample"], arrays.get("history")
+    if span(out) != span(sample) and overlap(out, sample):
+        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
+    for name in ("model_output", "history", "variance_noise"):
+        if arrays.get(name) is not None and overlap(out, arrays[name]):
+            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
+    if hist is not None:
+        for name in ("model_output", "sample", "variance_noise"):
+            if arrays.get(name) is not None and overlap(hist, arrays[name]):
+                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
 
 
 def _check_cuda_tensors(tensors: dict[str, Any]) -> None:
@@ -96,26 +112,12 @@ def _check_cuda_tensors(tensors: dict[str, Any]) -> None:
             )
         if not t.is_contiguous():
             raise ValueError(f"{name} must be C-contiguous (use .contiguous())")
-    out, hist = tensors["out"], tensors.get("history")
-    if _span(out) != _span(sample) and _overlap(out, sample):
-        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
-    for name in ("model_output", "history", "variance_noise"):
-        if tensors.get(name) is not None and _overlap(out, tensors[name]):
-            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
-    if hist is not None:
-        for name in ("model_output", "sample", "variance_noise"):
-            if tensors.get(name) is not None and _overlap(hist, tensors[name]):
-                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
+    _check_no_aliasing(tensors, _span)
 
 
 def _device_span(a: Any) -> tuple[int, int]:
     start = int(a.data_ptr())
     return start, start + int(np.prod(tuple(a.shape), dtype=np.int64)) * 4
-
-
-def _device_overlap(a: Any, b: Any) -> bool:
-    (a0, a1), (b0, b1) = _device_span(a), _device_span(b)
-    return a0 != a1 and b0 != b1 and a0 < b1 and b0 < a1
 
 
 def _check_device_arrays(arrays: dict[str, Any]) -> None:
@@ -136,16 +138,7 @@ def _check_device_arrays(arrays: dict[str, Any]) -> None:
             raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
         if tuple(a.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape} like sample")
-    out, hist = arrays["out"], arrays.get("history")
-    if _device_span(out) != _device_span(sample) and _device_overlap(out, sample):
-        raise ValueError("out and sample overlap in memory (aliased arrays); pass separate arrays")
-    for name in ("model_output", "history", "variance_noise"):
-        if arrays.get(name) is not None and _device_overlap(out, arrays[name]):
-            raise ValueError(f"out and {name} overlap in memory (aliased arrays)")
-    if hist is not None:
-        for name in ("model_output", "sample", "variance_noise"):
-            if arrays.get(name) is not None and _device_overlap(hist, arrays[name]):
-                raise ValueError(f"history and {name} overlap in memory (aliased arrays)")
+    _check_no_aliasing(arrays, _device_span)
 
 
 def _numpy_view(x: Any, name: str) -> np.ndarray:
