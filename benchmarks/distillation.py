@@ -14,6 +14,8 @@ better of one class-mean cell per class and SPC k-means centroids, at every SPC;
 falling as SPC grows; MLP and transformer within 3 points of logistic regression on it.
 
     python benchmarks/distillation.py --out benchmarks/results
+    python benchmarks/distillation.py --bundle runs/saturation/pbmc3k-latent --data pbmc3k \
+        --labels celltype --prefix distillation_pbmc3k --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
             else:  # the full training set does not depend on SPC: fitted once per task
                 result["results"]["full"] = full_row
                 result["methods"].append("full")
-            write_report(result, Path(args.out) / "distillation" / f"{label}_spc{spc}")
+            write_report(result, Path(args.out) / args.prefix / f"{label}_spc{spc}")
             runs.append(
                 {"label": label, "spc": spc, "distill_seconds": round(seconds, 1), **result}
             )
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "prefix")},
         "runs": runs,
     }
 
@@ -88,7 +90,7 @@ def markdown(res: dict) -> str:
     kinds = list(CLASSIFIER_NAMES)
     m = res["machine"]
     lines = [
-        "# scDD distillation on Kang PBMC",
+        f"# scDD distillation on {res['settings']['data']}",
         "",
         f"{res['date']}, {m['cpu']} ({m['cores']} cores, {res['settings']['threads']} torch "
         f"threads), load {m['load_average_1_5_15_min']}. Bundle `{res['settings']['bundle']}`, "
@@ -171,14 +173,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefix", default="distillation", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "distillation.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "distillation.md").write_text(markdown(res))
-    figure(res, out / "distillation.png")
+    (out / f"{args.prefix}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{args.prefix}.md").write_text(markdown(res))
+    figure(res, out / f"{args.prefix}.png")
     print(markdown(res))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from cellsynth.torch_entry import torch_module
 
@@ -18,10 +19,60 @@ BASELINES = (  # as in cellsynth.training.distill_eval
     "decoder",
     "full",
 )
+STRATEGIES = ("random", "reweight", "geosketch", "kmeans", "distill")  # as in training.saturation
+CURVE_SPC = "1,2,5,10,20,50"
+CURVE_FRACTIONS = "0.01,0.1,0.25,0.5,1"
+CURVE_SEEDS = 3
 
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in _names(text)]
+        except ValueError:
+            message = f"expected comma-separated numbers, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
+
+
+def _add_curve_options(p: argparse.ArgumentParser) -> None:
+    """The options of the learning-saturation study (``--curve``)."""
+    p.add_argument(
+        "--curve", action="store_true", help="run the learning-saturation study (see above)"
+    )
+    p.add_argument(
+        "--bundle", help="with --curve and no --synthetic: the SCDG bundle (its split, its model)"
+    )
+    p.add_argument(
+        "--spc",
+        type=_numbers(int),
+        default=None,
+        help=f"--curve budgets in cells per class (default: {CURVE_SPC})",
+    )
+    p.add_argument(
+        "--fractions",
+        type=_numbers(float),
+        default=None,
+        help=f"--curve budgets as fractions of the training set (default: {CURVE_FRACTIONS})",
+    )
+    p.add_argument(
+        "--strategies",
+        type=_names,
+        default=None,
+        help=f"--curve strategies, comma-separated, from {','.join(STRATEGIES)} (default: all)",
+    )
+    p.add_argument(
+        "--max-distill-spc",
+        type=int,
+        default=None,
+        help="--curve: largest cells per class distilled; larger budgets are listed as skipped "
+        "(default: 50)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +86,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "k-means centroids, geometric sketching, re-weighting, data-level DM/DC, decoder-only "
         "distillation, and the full training set). Every classifier is tested on the held-out "
         "split of the bundle the set was distilled with; mean and sd of accuracy and macro F1 "
-        "over seeds go to report.md, report.json and accuracy.png in --out.",
+        "over seeds go to report.md, report.json and accuracy.png in --out. With --curve, "
+        "the learning-saturation study instead: accuracy of every classifier against the "
+        "budget (cells per class and fractions of the training set) for random cells, "
+        "re-weighting, geometric sketching, k-means and distillation, the saturation point of "
+        "each (smallest budget reaching 95% of its best accuracy) and the diversity of every "
+        "set (Shannon, Gini-Simpson, Vendi), to curve.md, curve.json and curve.png.",
     )
     p.add_argument(
-        "--synthetic", required=True, help="distilled set (.h5ad from cellsynth distill)"
+        "--synthetic",
+        help="distilled set (.h5ad from cellsynth distill); with --curve its bundle and "
+        "distillation settings are used",
     )
+    _add_curve_options(p)
     p.add_argument(
         "--data",
         required=True,
@@ -48,7 +107,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label", required=True, help="obs column the set was distilled for")
     p.add_argument(
-        "--seeds", type=int, default=5, help="runs per method and classifier (default: 5)"
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"runs per method and classifier (default: 5; with --curve {CURVE_SEEDS})",
     )
     p.add_argument(
         "--classifiers",
@@ -59,7 +121,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         type=_names,
-        default=list(BASELINES),
+        default=None,
         help=f"comma-separated, from {','.join(BASELINES)} (default: all; empty: none)",
     )
     p.add_argument(
@@ -79,13 +141,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="write into --out even if it is not empty"
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, parser=p)
+
+
+CURVE_ONLY = ("bundle", "spc", "fractions", "strategies", "max_distill_spc")
+TABLE_ONLY = ("baselines", "iterations")
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """One clear line for options that do not belong to the chosen mode."""
+    flag = {k: "--" + k.replace("_", "-") for k in CURVE_ONLY + TABLE_ONLY}
+    if args.curve:
+        given = [flag[k] for k in TABLE_ONLY if getattr(args, k) is not None]
+        if given:
+            args.parser.error(f"{', '.join(given)} only without --curve")
+        if (args.synthetic is None) == (args.bundle is None):
+            args.parser.error("--curve needs exactly one of --synthetic and --bundle")
+    else:
+        given = [flag[k] for k in CURVE_ONLY if getattr(args, k) is not None]
+        if given:
+            args.parser.error(f"{', '.join(given)} only with --curve")
+        if args.synthetic is None:
+            args.parser.error("--synthetic is required (or run the study with --curve)")
 
 
 def run(args: argparse.Namespace) -> None:
     from cellsynth.files import check_output
 
+    _check_mode(args)
     check_output(args.out, args.overwrite, directory=True)
+    if args.curve:
+        run_curve(args)
+        return
     module = torch_module("training.distill_eval", "distill-eval (it trains classifiers)")
     evaluate_distilled, write_report = module.evaluate_distilled, module.write_report
     names = module.CLASSIFIER_NAMES
@@ -97,9 +184,9 @@ def run(args: argparse.Namespace) -> None:
         args.synthetic,
         args.data,
         args.label,
-        seeds=args.seeds,
+        seeds=5 if args.seeds is None else args.seeds,
         classifiers=args.classifiers,
-        baselines=args.baselines,
+        baselines=list(BASELINES) if args.baselines is None else args.baselines,
         iterations=args.iterations,
         full_runs=args.full_runs,
     )
@@ -119,3 +206,46 @@ def run(args: argparse.Namespace) -> None:
     print(f"report:   {files['report.md']}")
     print(f"json:     {files['report.json']}")
     print(f"figure:   {files['accuracy.png']}")
+
+
+def run_curve(args: argparse.Namespace) -> None:
+    """The learning-saturation study (``--curve``)."""
+    module = torch_module("training.saturation", "distill-eval --curve (it trains classifiers)")
+    report = torch_module("training.saturation_report", "distill-eval --curve")
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    bundle, settings = args.bundle, {}
+    if args.synthetic is not None:  # the set's own bundle and distillation settings
+        evaluation = torch_module("training.distill_eval", "distill-eval")
+        record = evaluation.distill_record(evaluation.read_synthetic(args.synthetic))
+        bundle = record["bundle"]
+        settings = {k: record[k] for k in module.DISTILL_SETTINGS if k in record}
+    result = module.saturation_curve(
+        bundle,
+        args.data,
+        args.label,
+        spcs=args.spc or _numbers(int)(CURVE_SPC),
+        fractions=args.fractions or _numbers(float)(CURVE_FRACTIONS),
+        strategies=args.strategies or list(STRATEGIES),
+        classifiers=args.classifiers,
+        seeds=CURVE_SEEDS if args.seeds is None else args.seeds,
+        distill_settings=settings,
+        max_distill_spc=args.max_distill_spc or module.MAX_DISTILL_SPC,
+    )
+    files = report.write_report(result, args.out)
+    kinds = result["classifiers"]
+    print(
+        f"learning saturation of {args.label!r}: {result['task']['n_train']} training, "
+        f"{result['task']['n_test']} held-out cells, {len(result['seeds'])} seed(s) "
+        f"({result['seconds']:.0f} s); saturation point (95% of the best accuracy) per classifier"
+    )
+    for strategy in result["strategies"]:
+        points = []
+        for k in kinds:
+            s = result["saturation"][strategy][k]
+            points.append("n/a" if s is None else f"{k} {s['budget']} ({s['best_accuracy']:.3f})")
+        print(f"  {strategy:<10} " + ", ".join(points))
+    for name in report.FILES:
+        print(f"{name + ':':<11} {files[name]}")
