@@ -44,6 +44,7 @@ import numpy as np
 from cellsynth._version import __version__
 from cellsynth.errors import DataError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
+from cellsynth.training.distill import distill
 from cellsynth.training.distill_data import Task, load_task
 
 STRATEGIES: tuple[str, ...] = ("random", "reweight", "geosketch", "kmeans", "distill")
@@ -174,8 +175,6 @@ class SetBuilder:
 
     def distill(self, budget: Budget, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``cellsynth distill`` at n / C cells per class (skipped where it does not apply)."""
-        from cellsynth.training.distill import distill
-
         spc = budget.spc or max(1, int(round(budget.n_cells / len(self.sizes))))
         if budget.n_cells >= len(self.task.y_train):
             raise Skipped("the whole training set: nothing to condense")
