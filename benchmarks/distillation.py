@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
         for spc in args.spc:
             started = time.perf_counter()
             synthetic = distill(
-                args.bundle, args.data, label, spc, match=args.match, generator="scdg",
+                args.bundle, args.data, label, spc, match=args.match, generator=args.generator,
                 iterations=args.iterations, seed=0, task=task, progress=False,
             )  # fmt: skip
             seconds = time.perf_counter() - started
@@ -94,7 +94,7 @@ def markdown(res: dict) -> str:
         "",
         f"{res['date']}, {m['cpu']} ({m['cores']} cores, {res['settings']['threads']} torch "
         f"threads), load {m['load_average_1_5_15_min']}. Bundle `{res['settings']['bundle']}`, "
-        f"match {res['settings']['match']} through SCDG, "
+        f"match {res['settings']['match']} through {res['settings'].get('generator', 'scdg')}, "
         f"{res['settings']['iterations'] or 'default'} iterations; accuracy on the real "
         f"held-out split, mean ± sd over {res['settings']['seeds']} seeds.",
         "",
@@ -169,7 +169,8 @@ def main() -> None:
     parser.add_argument("--data", default="kang")
     parser.add_argument("--labels", nargs="+", default=["cell_type", "stim"])
     parser.add_argument("--spc", nargs="+", type=int, default=[1, 5, 10])
-    parser.add_argument("--match", default="dm", choices=["dm", "dc"])
+    parser.add_argument("--match", default="dm", choices=["dm", "dc", "krr"])
+    parser.add_argument("--generator", default="scdg", choices=["scdg", "decoder", "none"])
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)

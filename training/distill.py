@@ -13,6 +13,13 @@ and matches them to the real cells of their class through the frozen encoder's f
 * DC: for a freshly drawn linear task head on f (weights W [C, D], bias b [C]), the gradient of its
   cross-entropy on real and on synthetic cells of each class; ``sum_c sum_i (1 - cos(g_real_i,
   g_syn_i))`` over the output nodes i, where g_i is node i's gradient row [dL/dW_i, dL/db_i].
+* KRR (kernel inducing points): not a statistic to match but the task itself: ridge regression
+  with a linear kernel is fitted, in closed form, on the synthetic *cells* (expression, not
+  encoder features, since that is what the classifiers see) and scored on a batch of real
+  training cells (:func:`krr_loss`). Measured on Kang cell type, SPC 1, one seed, directly in
+  expression space (``generator='none'``): logistic regression 0.952 on the set (class means
+  0.944) but the transformer 0.88; through SCDG 0.93 (the single SCDG step keeps cells near
+  the data and KRR cannot move them far enough).
 
 Only the parameters are updated (Adam); the encoder, decoder and SCDG are frozen in eval mode.
 Generated values below the decoder's zero threshold count as silent genes (set to 0), during
@@ -46,7 +53,7 @@ from cellsynth.errors import DataError
 from cellsynth.training.distill_data import Task, load_task
 from cellsynth.training.scdg import single_step
 
-MATCHES = ("dm", "dc")
+MATCHES = ("dm", "dc", "krr")
 GENERATORS = ("scdg", "decoder", "none")
 INITS = ("kmeans", "random")
 
@@ -59,7 +66,7 @@ class DistillConfig:
     ----------
     spc : int
         Synthetic cells per class.
-    match : {'dm', 'dc'}
+    match : {'dm', 'dc', 'krr'}
     generator : {'scdg', 'decoder', 'none'}
     init : {'kmeans', 'random'}
         Where the SPC parameters of a class start: its SPC k-means centroids in expression space
@@ -73,10 +80,13 @@ class DistillConfig:
     t_star : int
         SCDG's single-step timestep.
     real_batch : int
-        DC: real cells per class drawn each iteration.
+        DC: real cells per class drawn each iteration; KRR: times the number of classes, drawn
+        uniformly from the training cells.
     chunk_size : int
         Parameters per chunk of the memory-saving backward.
     seed : int
+    ridge : float
+        KRR: the ridge, relative to the kernel's mean diagonal (about 2).
     """
 
     spc: int = 1
@@ -89,6 +99,7 @@ class DistillConfig:
     real_batch: int = 256
     chunk_size: int = 256
     seed: int = 0
+    ridge: float = 0.001
 
     def __post_init__(self) -> None:
         if self.match not in MATCHES:
@@ -97,6 +108,8 @@ class DistillConfig:
             raise DataError(f"--generator must be one of {GENERATORS}, got {self.generator!r}")
         if self.init not in INITS:
             raise DataError(f"--init must be one of {INITS}, got {self.init!r}")
+        if not self.ridge > 0:
+            raise DataError(f"ridge must be positive, got {self.ridge}")
         for name in ("spc", "iterations", "real_batch", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -178,6 +191,46 @@ def dc_loss(
         g_syn = head_gradients(syn_features[mask], c, weight, bias)
         total = total + gradient_distance(g_real, g_syn)
     return total
+
+
+def krr_loss(
+    syn: torch.Tensor,
+    syn_labels: torch.Tensor,
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    n_classes: int,
+    ridge: float,
+) -> torch.Tensor:
+    """Kernel ridge regression on the synthetic cells, scored on real cells (KIP).
+
+    A linear model with a bias fitted to few cells lies in their span (the representer
+    theorem; so does L2-regularised logistic regression), so its predictions are those of a
+    kernel machine on the linear kernel k(a, b) = a.b / s + 1, with s the mean squared norm of
+    the synthetic cells (so ``ridge`` is relative to the kernel's scale). Ridge regression has
+    them in closed form: alpha = (K_ss + ridge I)^-1 Y_s, predictions K_rs alpha, so the loss,
+    the mean squared error on the real cells' centred one-hot labels, is differentiable in the
+    synthetic cells without unrolling a training loop (Nguyen et al. 2021, "KIP").
+
+    Parameters
+    ----------
+    syn : Tensor [n, G]
+    syn_labels : LongTensor [n]
+    real : Tensor [m, G]
+    real_labels : LongTensor [m]
+    n_classes : int
+    ridge : float
+        > 0; relative to the kernel's mean diagonal (~2).
+    """
+    # float64: with a small ridge, near-duplicate synthetic cells make K_ss ill-conditioned.
+    syn64, real64 = syn.double(), real.double()
+    ys = F.one_hot(syn_labels, n_classes).double() - 1.0 / n_classes  # [n, C]
+    yr = F.one_hot(real_labels, n_classes).double() - 1.0 / n_classes  # [m, C]
+    scale = (syn64 * syn64).sum(1).mean().detach().clamp_min(1e-12)
+    k_ss = syn64 @ syn64.T / scale + 1.0  # [n, n]
+    k_rs = real64 @ syn64.T / scale + 1.0  # [m, n]
+    eye = torch.eye(len(syn), dtype=torch.float64)
+    alpha = torch.linalg.solve(k_ss + ridge * eye, ys)  # [n, C]
+    return ((k_rs @ alpha - yr) ** 2).sum(1).mean().to(syn.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +478,16 @@ class Distiller:
         encode = self.gen.ae.encode
         if self.config.match == "dm":
             return lambda cells: dm_loss(encode(cells), self.dm_groups, self.dm_targets)
+        if self.config.match == "krr":
+            # Uniform over the training cells, as the test cells are: accuracy weighs classes
+            # by their size.
+            n = len(self.task.y_train)
+            m = min(self.config.real_batch * self.C, n)
+            pick = torch.randperm(n, generator=self.rng)[:m].numpy()
+            real = torch.as_tensor(self.task.x_train[pick])  # [m, G]
+            labels = torch.as_tensor(self.task.y_train[pick])
+            ridge = self.config.ridge
+            return lambda cells: krr_loss(cells, self.labels, real, labels, self.C, ridge)
         D = self.real_means.shape[1]
         weight = torch.randn(self.C, D, generator=self.rng) / D**0.5  # [C, D], fresh head
         bias = torch.zeros(self.C)

@@ -18,7 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="the counts the bundle was trained on")
     p.add_argument("--label", required=True, help="obs column defining the classes")
     p.add_argument("--spc", type=int, required=True, help="synthetic cells per class")
-    p.add_argument("--match", default="dm", choices=["dm", "dc"], help="distribution or gradient")
+    p.add_argument(
+        "--match",
+        default="dm",
+        choices=["dm", "dc", "krr"],
+        help="distribution matching, gradient matching, or kernel ridge regression on the "
+        "synthetic cells scored on real ones (default: dm)",
+    )
     p.add_argument(
         "--generator",
         default="scdg",
@@ -35,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=None, help="optimiser steps (default 200)")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--t-star", type=int, default=None, help="SCDG single-step timestep")
+    p.add_argument(
+        "--ridge", type=float, default=None, help="--match krr: relative ridge (default 0.001)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--out", required=True, help="output .h5ad")
@@ -57,11 +66,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    options = {
-        k: v
-        for k, v in {"learning_rate": args.learning_rate, "t_star": args.t_star}.items()
-        if v is not None
-    }
+    given = {"learning_rate": args.learning_rate, "t_star": args.t_star, "ridge": args.ridge}
+    options = {k: v for k, v in given.items() if v is not None}
     result = distill(
         args.bundle,
         args.data,
