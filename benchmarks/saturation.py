@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
 
 import torch
 from _machine import machine
 
-from cellsynth.files import atomic_path, strict_json
+from cellsynth.files import write_json, write_text
 from cellsynth.training.distill_eval import CLASSIFIER_NAMES
 from cellsynth.training.saturation import saturation_curve
 from cellsynth.training.saturation_report import write_report
@@ -114,10 +113,8 @@ def main() -> None:
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "saturation.json") as tmp:
-        tmp.write_text(json.dumps(strict_json(res), indent=1, allow_nan=False) + "\n")
-    with atomic_path(out / "saturation.md") as tmp:
-        tmp.write_text(markdown(res), encoding="utf-8")
+    write_json(out / "saturation.json", res)
+    write_text(out / "saturation.md", markdown(res))
     print(markdown(res))
 
 

@@ -6,6 +6,8 @@ as read-only by tests; take ``.copy()`` before modifying.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -152,6 +154,20 @@ def tiny_onnx_bundle(tiny_bundle, tmp_path_factory):
     shutil.copytree(tiny_bundle, root)
     export_onnx(root, progress=False)
     return root
+
+
+def train_toy_scdg(adata: ad.AnnData, root: Path, label: str = "cell_type") -> Path:
+    """A tiny MSE autoencoder (60 genes, 2 epochs) and SCDG (2 epochs) on toy counts, labelled
+    by ``label``: the bundle the distillation tests distil and evaluate with."""
+    from cellsynth.training.train_autoencoder import train_autoencoder_bundle
+    from cellsynth.training.train_scdg import train_scdg_bundle
+
+    ae = train_autoencoder_bundle(
+        adata, root / "ae", label_keys=[label], likelihood="mse", config="tiny", epochs=2,
+        n_top_genes=60, progress=False, prepare_options={"min_genes_per_cell": 1},
+    )  # fmt: skip
+    return train_scdg_bundle(ae, adata, [label], root / "scdg", config="tiny", epochs=2,
+                             progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_toy_adata
+from conftest import make_toy_adata, train_toy_scdg
 
 from cellsynth.errors import BundleError, DataError, GeneMismatchError
 from cellsynth.files import write_h5ad
@@ -21,8 +21,6 @@ from cellsynth.training.distill_eval import (
     macro_f1,
     write_report,
 )
-from cellsynth.training.train_autoencoder import train_autoencoder_bundle
-from cellsynth.training.train_scdg import train_scdg_bundle
 
 LABEL = "cell_type"
 SMALL = {  # short network budgets: the wiring is under test here, not the networks
@@ -36,13 +34,7 @@ def toy(tmp_path_factory):
     """Separable toy counts (3 cell types, 300 cells), a tiny SCDG bundle and a distilled set."""
     root = tmp_path_factory.mktemp("distill_eval")
     adata = make_toy_adata(n_cells=300, n_genes=80, seed=3)
-    ae = train_autoencoder_bundle(
-        adata, root / "ae", label_keys=[LABEL], likelihood="mse", config="tiny", epochs=2,
-        n_top_genes=60, progress=False, prepare_options={"min_genes_per_cell": 1},
-    )  # fmt: skip
-    scdg = train_scdg_bundle(
-        ae, adata, [LABEL], root / "scdg", config="tiny", epochs=2, progress=False
-    )
+    scdg = train_toy_scdg(adata, root, LABEL)
     syn = distill(scdg, adata, LABEL, 2, iterations=5, progress=False)
     write_h5ad(syn, root / "syn.h5ad")
     task = load_task(scdg, adata, LABEL)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_toy_adata
+from conftest import make_toy_adata, train_toy_scdg
 
 from cellsynth.errors import DataError
 from cellsynth.files import write_h5ad
@@ -24,8 +24,6 @@ from cellsynth.training.saturation import (
     set_diversity,
 )
 from cellsynth.training.saturation_report import write_report
-from cellsynth.training.train_autoencoder import train_autoencoder_bundle
-from cellsynth.training.train_scdg import train_scdg_bundle
 
 LABEL = "cell_type"
 SMALL = {"mlp": {"budget": NetworkBudget(min_steps=30, max_steps=30)}}
@@ -36,13 +34,7 @@ def toy(tmp_path_factory):
     """Separable toy counts (3 cell types, 300 cells) and a tiny SCDG bundle."""
     root = tmp_path_factory.mktemp("saturation")
     adata = make_toy_adata(n_cells=300, n_genes=80, seed=5)
-    ae = train_autoencoder_bundle(
-        adata, root / "ae", label_keys=[LABEL], likelihood="mse", config="tiny", epochs=2,
-        n_top_genes=60, progress=False, prepare_options={"min_genes_per_cell": 1},
-    )  # fmt: skip
-    scdg = train_scdg_bundle(
-        ae, adata, [LABEL], root / "scdg", config="tiny", epochs=2, progress=False
-    )
+    scdg = train_toy_scdg(adata, root, LABEL)
     task = load_task(scdg, adata, LABEL)
     return {"root": root, "adata": adata, "bundle": scdg, "task": task}
 

@@ -58,6 +58,21 @@ class Task:
         """Training-cell indices of class ``c``."""
         return np.flatnonzero(self.y_train == c)
 
+    def record(self, data: object) -> dict:
+        """What a report says of the task: bundle, its hash, data, label, classes and sizes."""
+        sizes = np.bincount(self.y_train, minlength=len(self.classes))
+        return {
+            "bundle": str(self.bundle.path),
+            "bundle_hash": self.bundle.hash,
+            "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
+            "label": self.label,
+            "classes": list(self.classes),
+            "class_sizes": {c: int(n) for c, n in zip(self.classes, sizes, strict=True)},
+            "n_train": int(len(self.y_train)),
+            "n_test": int(len(self.y_test)),
+            "n_genes": int(len(self.genes)),
+        }
+
 
 def load_task(
     bundle: str | os.PathLike | Bundle, data: str | os.PathLike | anndata.AnnData, label: str

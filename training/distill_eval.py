@@ -36,7 +36,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -479,16 +479,7 @@ def evaluate_distilled(
     if not isinstance(synthetic, anndata.AnnData):
         synthetic_info["path"] = str(synthetic)
     return {
-        "task": {
-            "bundle": str(task.bundle.path),
-            "bundle_hash": task.bundle.hash,
-            "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
-            "label": label,
-            "classes": list(task.classes),
-            "n_train": int(len(task.y_train)),
-            "n_test": int(len(task.y_test)),
-            "n_genes": int(len(task.genes)),
-        },
+        "task": task.record(data),
         "synthetic": synthetic_info,
         "spc": builder.spc,
         "cells_per_class": {c: int(n) for c, n in zip(task.classes, per_class, strict=True)},
@@ -577,24 +568,35 @@ def accuracy_figure(result: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
-    """Write report.json (strict JSON), report.md and accuracy.png into ``out_dir``.
+def write_result_files(
+    result: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    names: tuple[str, str, str],
+    markdown: Callable[[Mapping[str, Any]], str],
+    figure: Callable[[Mapping[str, Any], Path], Path],
+) -> dict[str, str]:
+    """Write ``result`` as strict JSON, its Markdown and its figure into ``out_dir``, each
+    atomically, under ``names`` (json, md, png).
 
     Returns
     -------
     dict of str to str
         File name -> path written.
     """
-    import json
-
-    from cellsynth.files import atomic_path, strict_json
+    from cellsynth.files import write_json, write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {name: str(out / name) for name in ("report.json", "report.md", "accuracy.png")}
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(markdown_report(result), encoding="utf-8")
-    accuracy_figure(result, out / "accuracy.png")
-    return files
+    json_name, md_name, png_name = names
+    write_json(out / json_name, result)
+    write_text(out / md_name, markdown(result))
+    figure(result, out / png_name)
+    return {name: str(out / name) for name in names}
+
+
+def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write report.json (strict JSON), report.md and accuracy.png into ``out_dir``."""
+    return write_result_files(
+        result, out_dir, ("report.json", "report.md", "accuracy.png"), markdown_report,
+        accuracy_figure,
+    )  # fmt: skip

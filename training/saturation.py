@@ -32,7 +32,6 @@ reaches ``SATURATION_SHARE`` (95 %) of the best mean accuracy on that curve.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -338,17 +337,7 @@ def saturation_curve(
     finally:
         bar.close()
     return {
-        "task": {
-            "bundle": str(task.bundle.path),
-            "bundle_hash": task.bundle.hash,
-            "data": str(data) if isinstance(data, str | os.PathLike) else "AnnData",
-            "label": label,
-            "classes": list(task.classes),
-            "class_sizes": {c: int(n) for c, n in zip(task.classes, builder.sizes, strict=True)},
-            "n_train": int(len(task.y_train)),
-            "n_test": int(len(task.y_test)),
-            "n_genes": int(len(task.genes)),
-        },
+        "task": task.record(data),
         "budgets": [asdict(b) for b in budgets],
         "strategies": strategies,
         "classifiers": classifiers,

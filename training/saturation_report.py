@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.training.distill_eval import CLASSIFIER_NAMES
+from cellsynth.training.distill_eval import CLASSIFIER_NAMES, write_result_files
 
 FILES = ("curve.json", "curve.md", "curve.png")
 COLORS = {"random": "tab:gray", "reweight": "tab:blue", "geosketch": "tab:green",
@@ -131,23 +131,5 @@ def curve_figure(result: Mapping[str, Any], path: Path) -> Path:
 
 
 def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
-    """Write curve.json (strict JSON), curve.md and curve.png into ``out_dir``.
-
-    Returns
-    -------
-    dict of str to str
-        File name -> path written.
-    """
-    import json
-
-    from cellsynth.files import atomic_path, strict_json
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: str(out / name) for name in FILES}
-    with atomic_path(out / "curve.json") as tmp:
-        tmp.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
-    with atomic_path(out / "curve.md") as tmp:
-        tmp.write_text(markdown_report(result), encoding="utf-8")
-    curve_figure(result, out / "curve.png")
-    return files
+    """Write curve.json (strict JSON), curve.md and curve.png into ``out_dir``."""
+    return write_result_files(result, out_dir, FILES, markdown_report, curve_figure)

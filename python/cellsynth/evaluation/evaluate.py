@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 
 from cellsynth.errors import CellsynthError, DataError
 from cellsynth.evaluation.compare import compared_cells
-from cellsynth.evaluation.report import write_metrics_json, write_report_files
+from cellsynth.evaluation.report import write_report_files
+from cellsynth.files import write_json
 from cellsynth.metrics import compute_metrics
 
 
@@ -209,7 +210,7 @@ def evaluate(
         bar.update()
         result["evaluation"]["seconds"] = round(time.perf_counter() - started, 2)
         if out is not None:  # rewrite with the final time (cheap; metrics.json is small)
-            write_metrics_json(Path(out) / "metrics.json", result)
+            write_json(Path(out) / "metrics.json", result)
         return result
     finally:
         bar.close()

@@ -7,14 +7,13 @@ key metrics per label.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellsynth.files import atomic_path, strict_json
+from cellsynth.files import write_json, write_text
 from cellsynth.metrics import METRICS
 
 #: Plain-language meaning of each metric family, for the report.
@@ -58,11 +57,6 @@ KEY_METRICS = (
 )
 
 
-def write_metrics_json(path: Path, result: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
-
-
 def write_report_files(
     out: Path,
     result: dict[str, Any],
@@ -95,9 +89,8 @@ def write_report_files(
     files["metrics.json"] = str(out / "metrics.json")
     files["report.md"] = str(out / "report.md")
     result["files"] = files
-    write_metrics_json(out / "metrics.json", result)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(markdown_report(result))
+    write_json(out / "metrics.json", result)
+    write_text(out / "report.md", markdown_report(result))
     return files
 
 
