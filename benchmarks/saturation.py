@@ -4,9 +4,11 @@ For each task (a bundle, its data and a label): the learning-saturation study of
 :func:`cellsynth.training.saturation.saturation_curve` (random cells, re-weighting, geometric
 sketching, k-means and distillation at SPC 1, 2, 5, 10, 20, 50 and 1 %, 10 %, 25 %, 50 %, 100 % of
 the training set; logistic regression, MLP and transformer; held-out real cells), the same code
-``cellsynth distill-eval --curve`` runs. Writes saturation.json, saturation.md (every task's
-saturation points and the diversity at SPC 10) and, per task, its own curve.json / curve.md /
-curve.png in saturation/<task>/.
+``cellsynth distill-eval --curve`` runs. Writes, per task, its own curve.json / curve.md /
+curve.png in saturation/<task>/, then saturation.json and saturation.md (every task's saturation
+points and the diversity at SPC 10) from every task in saturation/, so tasks can run as separate
+processes (side by side, one thread each) and be summarised together; without --task it only
+rebuilds the summary.
 
     python benchmarks/saturation.py --threads 2 --seeds 3 --out benchmarks/results \\
         --task kang-scdg:kang:cell_type --task kang-scdg:kang:stim \\
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from pathlib import Path
 
 import torch
@@ -36,44 +39,52 @@ def parse_task(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> None:
+    """Run every --task; each writes its own report in saturation/<data>_<label>/."""
     torch.set_num_threads(args.threads)
-    tasks = []
-    for bundle, data, label in args.task:
+    for bundle, data, label in args.task or []:
         name = f"{data}_{label}"
         result = saturation_curve(
             bundle, data, label, seeds=args.seeds, classifiers=args.classifiers,
             distill_settings={"iterations": args.iterations} if args.iterations else {},
             progress=not args.quiet,
         )  # fmt: skip
+        result.update(
+            name=name, date=dt.date.today().isoformat(), machine=machine(), threads=args.threads
+        )
         write_report(result, Path(args.out) / "saturation" / name)
-        tasks.append({"name": name, **result})
         print(f"{name}: {result['seconds']:.0f} s")
-    return {
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")},
-        "tasks": tasks,
-    }
+
+
+def collect(out: Path) -> dict:
+    """Every task's curve.json in out/saturation/, by name."""
+    tasks = []
+    for path in sorted((out / "saturation").glob("*/curve.json")):
+        result = json.loads(path.read_text())
+        result.setdefault("name", path.parent.name)
+        tasks.append(result)
+    return {"tasks": tasks}
 
 
 def markdown(res: dict) -> str:
-    m, s = res["machine"], res["settings"]
     lines = [
         "# Learning saturation",
         "",
-        f"{res['date']}, {m['cpu']} ({m['cores']} cores, {s['threads']} torch threads), load "
-        f"{m['load_average_1_5_15_min']}. Mean accuracy on each bundle's held-out real cells over "
-        f"{s['seeds']} seeds. Saturation point: the smallest budget reaching 95% of the best "
-        "mean accuracy of that strategy's curve; per task, the full tables and curve.png are in "
-        "saturation/<task>/.",
+        "Mean accuracy on each bundle's held-out real cells. Saturation point: the smallest "
+        "budget reaching 95% of the best mean accuracy of that strategy's curve; per task, the "
+        "full tables and curve.png are in saturation/<task>/.",
         "",
     ]
     for t in res["tasks"]:
         kinds = t["classifiers"]
+        m = t.get("machine", {})
         lines += [
             f"## {t['name']} ({t['task']['n_train']} training cells, "
             f"{len(t['task']['classes'])} classes)",
+            "",
+            f"{t.get('date', '?')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores, "
+            f"{t.get('threads', '?')} torch threads, load {m.get('load_average_1_5_15_min')}); "
+            f"{len(t['seeds'])} seeds; {t['seconds'] / 60:.0f} min.",
             "",
             "| strategy | "
             + " | ".join(f"{CLASSIFIER_NAMES[k]} saturation (best)" for k in kinds)
@@ -101,8 +112,12 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", type=parse_task, action="append", required=True,
-                        help="BUNDLE:DATA:LABEL (repeat)")  # fmt: skip
+    parser.add_argument(
+        "--task",
+        type=parse_task,
+        action="append",
+        help="BUNDLE:DATA:LABEL (repeat; none: only rebuild the summary)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--classifiers", nargs="+", default=list(CLASSIFIER_NAMES))
     parser.add_argument("--iterations", type=int, default=None, help="distillation steps")
@@ -110,10 +125,13 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    res = run(args)
+    run(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "saturation.json", res)
+    res = collect(out)
+    keep = ("name", "date", "machine", "threads", "seeds", "seconds", "task", "saturation")
+    write_json(
+        out / "saturation.json", {"tasks": [{k: t.get(k) for k in keep} for t in res["tasks"]]}
+    )
     write_text(out / "saturation.md", markdown(res))
     print(markdown(res))
 
