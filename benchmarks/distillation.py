@@ -112,7 +112,8 @@ def markdown(res: dict) -> str:
                 cells.append(f"{s['mean']:.3f} ± {s['sd']:.3f}")
             name = f"**{method}**" if method == "distilled" else method
             lines.append(f"| {run['label']} | {run['spc']} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Distillation time (SCDG, distilled set only, data already loaded):", ""]
+    through = res["settings"].get("generator", "scdg")
+    lines += ["", f"Distillation time (through {through}, the set only, data loaded):", ""]
     lines += [f"- {r['label']} SPC={r['spc']}: {r['distill_seconds']} s" for r in res["runs"]]
     lines += ["", "Goals:", ""]
     for run in res["runs"]:
