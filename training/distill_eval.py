@@ -145,9 +145,7 @@ def _check_bundle(record: dict[str, Any], task: Task | None) -> Any:
     return bundle
 
 
-def _synthetic_matrix(
-    syn: anndata.AnnData, task: Task, label: str
-) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_matrix(syn: anndata.AnnData, task: Task, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(x [n, G] in the task's gene order, y [n] class codes) of the synthetic set."""
     genes = [str(g) for g in syn.var_names]
     if genes != task.genes:
@@ -288,7 +286,7 @@ class _Baselines:
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,
                 **options,
             )  # fmt: skip
-            x, y = _synthetic_matrix(out, task, task.label)
+            x, y = synthetic_matrix(out, task, task.label)
             return x, y
         raise DataError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
 
@@ -318,13 +316,15 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
+def mean_sd(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample sd (0 for one value) and the values themselves."""
     v = np.asarray(values, dtype=np.float64)
     sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     return {"mean": float(v.mean()), "sd": sd, "values": [float(a) for a in v]}
 
 
-def _check_choice(given: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+def check_choice(given: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """``given`` without repeats, in its order; a name outside ``allowed`` is a DataError."""
     given = [given] if isinstance(given, str) else list(given)
     unknown = [g for g in given if g not in allowed]
     if unknown:
@@ -393,8 +393,8 @@ def evaluate_distilled(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    classifiers = _check_choice(classifiers, CLASSIFIERS, "classifier(s)")
-    baselines = _check_choice(baselines, BASELINES, "baseline(s)")
+    classifiers = check_choice(classifiers, CLASSIFIERS, "classifier(s)")
+    baselines = check_choice(baselines, BASELINES, "baseline(s)")
     options = dict(classifier_options or {})
     if not classifiers:
         raise DataError("no classifier to train; name at least one")
@@ -414,7 +414,7 @@ def evaluate_distilled(
         task = load_task(bundle, data, label)
     elif task.label != label:
         raise DataError(f"the given task is for label {task.label!r}, not {label!r}")
-    x_syn, y_syn = _synthetic_matrix(syn, task, label)
+    x_syn, y_syn = synthetic_matrix(syn, task, label)
     C = len(task.classes)
     per_class = np.bincount(y_syn, minlength=C)
     builder = _Baselines(task, data, per_class, record, iterations, progress)
@@ -464,8 +464,8 @@ def evaluate_distilled(
                 "n_cells": float(np.mean(n_cells)),
                 "classifiers": {
                     kind: {
-                        "accuracy": _summary(s["accuracy"]),
-                        "macro_f1": _summary(s["macro_f1"]),
+                        "accuracy": mean_sd(s["accuracy"]),
+                        "macro_f1": mean_sd(s["macro_f1"]),
                         "runs": len(s["accuracy"]),
                         "seconds": round(s["seconds"], 3),
                     }
@@ -497,11 +497,11 @@ def evaluate_distilled(
 # Writing
 
 
-def _pm(s: dict[str, Any]) -> str:
-    mean, sd = s["mean"], s["sd"]
-    if mean is None or not math.isfinite(mean):
+def plus_minus(s: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """'mean ± sd' of a :func:`mean_sd` summary, 'n/a' when there is none or it is not finite."""
+    if not s or s.get("mean") is None or not math.isfinite(s["mean"]):
         return "n/a"
-    return f"{mean:.3f} ± {sd:.3f}"
+    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
 
 def markdown_report(result: dict[str, Any]) -> str:
@@ -530,8 +530,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     ]
     for method in result["methods"]:
         r = result["results"][method]
-        accs = [_pm(r["classifiers"][k]["accuracy"]) for k in kinds]
-        f1s = [_pm(r["classifiers"][k]["macro_f1"]) for k in kinds]
+        accs = [plus_minus(r["classifiers"][k]["accuracy"]) for k in kinds]
+        f1s = [plus_minus(r["classifiers"][k]["macro_f1"]) for k in kinds]
         name = f"**{method}**" if method == "distilled" else method
         lines.append(f"| {name} | {r['n_cells']:.0f} | " + " | ".join(accs + f1s) + " |")
     lines += ["", "Methods:", ""]

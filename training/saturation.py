@@ -45,6 +45,7 @@ from cellsynth.errors import DataError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
 from cellsynth.training.distill import distill
 from cellsynth.training.distill_data import Task, load_task
+from cellsynth.training.distill_eval import check_choice, mean_sd, synthetic_matrix
 
 STRATEGIES: tuple[str, ...] = ("random", "reweight", "geosketch", "kmeans", "distill")
 DEFAULT_SPC: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
@@ -188,9 +189,7 @@ class SetBuilder:
             self.task.bundle, self.data, self.task.label, spc, seed=seed, task=self.task,
             progress=self.progress, **self.distill_settings,
         )  # fmt: skip
-        index = {c: i for i, c in enumerate(self.task.classes)}
-        y = np.array([index[v] for v in out.obs[self.task.label].astype(str)], dtype=np.int64)
-        return np.asarray(out.X.toarray(), dtype=np.float32), y
+        return synthetic_matrix(out, self.task, self.task.label)
 
 
 def set_diversity(builder: SetBuilder, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -199,12 +198,6 @@ def set_diversity(builder: SetBuilder, x: np.ndarray, y: np.ndarray) -> dict[str
 
     d = diversity(builder.project(x), labels=np.asarray(builder.task.classes)[y], method="dual")
     return {k: float(d[k]) for k in ("shannon", "gini_simpson", "vendi")}
-
-
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=np.float64)
-    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return {"mean": float(v.mean()), "sd": sd, "values": [float(a) for a in v]}
 
 
 def saturation_points(
@@ -218,8 +211,8 @@ def saturation_points(
     out: dict[str, dict[str, Any]] = {}
     for strategy, points in curves.items():
         out[strategy] = {}
+        done = [(b, points[b.name]) for b in budgets if points[b.name]["status"] == "ok"]
         for kind in classifiers:
-            done = [(b, points[b.name]) for b in budgets if points[b.name]["status"] == "ok"]
             if not done:
                 out[strategy][kind] = None
                 continue
@@ -233,21 +226,6 @@ def saturation_points(
                 "n_cells": float(done[first][1]["n_cells"]),
             }
     return out
-
-
-def _check_names(given: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
-    given = [given] if isinstance(given, str) else list(given)
-    unknown = [g for g in given if g not in allowed]
-    if unknown or not given:
-        raise DataError(f"unknown or no {what} {unknown}; choose from {', '.join(allowed)}")
-    return list(dict.fromkeys(given))
-
-
-class _FullSet:
-    """The 100 % point, fitted once per classifier and seed and shared by every selection."""
-
-    def __init__(self) -> None:
-        self.scores: dict[tuple[str, int], float] = {}
 
 
 def saturation_curve(
@@ -303,8 +281,10 @@ def saturation_curve(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    strategies = _check_names(strategies, STRATEGIES, "strategy")
-    classifiers = _check_names(classifiers, CLASSIFIERS, "classifier")
+    strategies = check_choice(strategies, STRATEGIES, "strategy")
+    classifiers = check_choice(classifiers, CLASSIFIERS, "classifier")
+    if not strategies or not classifiers:
+        raise DataError("name at least one strategy and one classifier")
     if int(seeds) < 1:
         raise DataError(f"seeds must be at least 1, got {seeds}")
     unknown = sorted(set(distill_settings or {}) - set(DISTILL_SETTINGS))
@@ -319,7 +299,7 @@ def saturation_curve(
     builder = SetBuilder(task, data, distill_settings or {}, max_distill_spc, progress=False)
     options = dict(classifier_options or {})
     seed_list = list(range(int(seeds)))
-    full = _FullSet()
+    full: dict[tuple[str, int], float] = {}  # the 100 % point's scores, shared (see below)
     curves: dict[str, dict[str, Any]] = {s: {} for s in strategies}
     bar = tqdm(
         total=len(strategies) * len(budgets) * len(seed_list),
@@ -359,7 +339,7 @@ def _evaluate_point(
     seeds: list[int],
     classifiers: list[str],
     options: dict[str, Any],
-    full: _FullSet,
+    full: dict[tuple[str, int], float],
     bar: Any,
 ) -> dict[str, Any]:
     """Every seed's set of one strategy at one budget, scored by every classifier."""
@@ -380,19 +360,19 @@ def _evaluate_point(
             div[k].append(v)
         for kind in classifiers:
             key = (kind, 0 if kind == "logreg" else seed)  # logreg is convex: seed-free
-            if whole and key in full.scores:
-                accs[kind].append(full.scores[key])
+            if whole and key in full:  # the whole training set: fitted once, for any strategy
+                accs[kind].append(full[key])
                 continue
             clf = make_classifier(kind, len(task.classes), seed, **options.get(kind, {}))
             acc = float(np.mean(clf.fit(x, y).predict(task.x_test) == task.y_test))
             if whole:
-                full.scores[key] = acc
+                full[key] = acc
             accs[kind].append(acc)
         bar.update(1)
     return {
         "status": "ok",
         "n_cells": float(np.mean(n_cells)),
-        "accuracy": {k: _summary(v) for k, v in accs.items()},
-        "diversity": {k: _summary(v) for k, v in div.items()},
+        "accuracy": {k: mean_sd(v) for k, v in accs.items()},
+        "diversity": {k: mean_sd(v) for k, v in div.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,17 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.training.distill_eval import CLASSIFIER_NAMES, write_result_files
+from cellsynth.training.distill_eval import CLASSIFIER_NAMES, plus_minus, write_result_files
 
 FILES = ("curve.json", "curve.md", "curve.png")
 COLORS = {"random": "tab:gray", "reweight": "tab:blue", "geosketch": "tab:green",
           "kmeans": "tab:orange", "distill": "tab:red"}  # fmt: skip
-
-
-def _pm(s: Mapping[str, Any] | None, digits: int = 3) -> str:
-    if not s or s.get("mean") is None or not math.isfinite(s["mean"]):
-        return "n/a"
-    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
 
 def markdown_report(result: Mapping[str, Any]) -> str:
@@ -49,9 +42,13 @@ def markdown_report(result: Mapping[str, Any]) -> str:
                 row = f"| {strategy} | {b['name']} | - | skipped: {p.get('reason', '')} |"
                 lines.append(row + " |" * (len(kinds) + 2))
                 continue
-            accs = [_pm(p["accuracy"][k]) for k in kinds]
+            accs = [plus_minus(p["accuracy"][k]) for k in kinds]
             d = p["diversity"]
-            divs = [_pm(d["shannon"], 2), _pm(d["gini_simpson"], 2), _pm(d["vendi"], 1)]
+            divs = [
+                plus_minus(d["shannon"], 2),
+                plus_minus(d["gini_simpson"], 2),
+                plus_minus(d["vendi"], 1),
+            ]
             row = f"| {strategy} | {b['name']} | {p['n_cells']:.0f} | "
             lines.append(row + " | ".join(accs + divs) + " |")
     share = int(round(100 * result["saturation_share"]))

@@ -226,13 +226,15 @@ def run_curve(args: argparse.Namespace) -> None:
         bundle,
         args.data,
         args.label,
-        spcs=args.spc or _numbers(int)(CURVE_SPC),
-        fractions=args.fractions or _numbers(float)(CURVE_FRACTIONS),
-        strategies=args.strategies or list(STRATEGIES),
+        spcs=_numbers(int)(CURVE_SPC) if args.spc is None else args.spc,
+        fractions=_numbers(float)(CURVE_FRACTIONS) if args.fractions is None else args.fractions,
+        strategies=list(STRATEGIES) if args.strategies is None else args.strategies,
         classifiers=args.classifiers,
         seeds=CURVE_SEEDS if args.seeds is None else args.seeds,
         distill_settings=settings,
-        max_distill_spc=args.max_distill_spc or module.MAX_DISTILL_SPC,
+        max_distill_spc=(
+            module.MAX_DISTILL_SPC if args.max_distill_spc is None else args.max_distill_spc
+        ),
     )
     files = report.write_report(result, args.out)
     kinds = result["classifiers"]
