@@ -1,10 +1,13 @@
 """Speed against quality across acceleration rates, for one bundle (the scRDiT paper's table+).
 
 For each sampler setting — DDPM over all 1000 steps, DDIM at acceleration rates 10, 20, 50, 100
-(100, 50, 20, 10 steps) and DPM-Solver++ at 5, 10 and 20 steps — generate cells with the label mix
-of the bundle's real held-out cells, time it (seconds per 1000 cells, cells/s; same engine, batch
-and seed everywhere), and score the cells against those held-out cells with
-:func:`cellsynth.metrics.compute_metrics`: the paper's metrics (KL, W1 of values and gene means,
+(100, 50, 20, 10 steps) and DPM-Solver++ at 5, 10 and 20 steps — time generation and score its
+cells against the bundle's real held-out cells. A thin caller of ``cellsynth bench``
+(:func:`cellsynth.bench.run.bench`): the timing is its loop (latency of one batch, median of
+``--repeats``, same engine, batch and seed everywhere; settings whose runs exceed ``--budget-s``
+are timed over their first steps and extrapolated, said in the row), and the fidelity is its
+``fidelity`` scoring (``cellsynth evaluate``: the held-out cells in the bundle's preprocessing,
+synthetic cells with their label mix) with the paper's metrics (KL, W1 of values and gene means,
 multi-kernel MMD) and ours (PCA-MMD, W2, kNN AUC, gene statistics), each beside its real-vs-real
 floor. Writes acceleration.json, acceleration.md and acceleration.png (speed against PCA-MMD).
 
@@ -20,16 +23,13 @@ import argparse
 import datetime as dt
 import json
 import math
-import time
 from pathlib import Path
 
-import anndata
 import numpy as np
 from _machine import machine
 
 import cellsynth
-from cellsynth.bundle.heldout import held_out_cells
-from cellsynth.metrics import compute_metrics
+from cellsynth.bench.run import bench
 
 # (label, scheduler, steps); DDPM runs all T steps.
 SETTINGS = [
@@ -55,24 +55,50 @@ COLUMNS = [
 ]
 
 
-def run_setting(bundle, scheduler: str, steps: int, composition, n_cells: int, args) -> dict:
-    """Generate ``n_cells`` with one sampler setting; return the cells and the timing."""
-    started = time.perf_counter()
-    adata = cellsynth.generate(
+def measure(bundle, settings: list[tuple[str, str, int]], n_cells: int, data: str, args) -> list:
+    """Time and score ``settings`` with ``cellsynth bench``; one row per setting."""
+    result = bench(
         bundle,
-        n_cells=n_cells,
-        steps=steps,
-        scheduler=scheduler,
-        seed=args.seed,
-        composition=composition,
-        engine=args.engine,
-        device="cpu",
+        engines=[args.engine],
+        schedulers=[f"{scheduler}:{steps}" for _, scheduler, steps in settings],
+        batch_sizes=[args.batch_size],
         threads=args.threads,
-        batch_size=args.batch_size,
-        progress=False,
+        repeats=args.repeats,
+        budget_s=args.budget_s,
+        device="cpu",
+        fidelity=data,
+        fidelity_cells=n_cells,
+        fidelity_metrics=[key for key, _ in COLUMNS],
+        seed=args.seed,
     )
-    seconds = time.perf_counter() - started
-    return {"adata": adata, "seconds": seconds}
+    scored = {(f["scheduler"], f["steps"]): f for f in result["fidelity"]}
+    rows = []
+    for (label, scheduler, steps), timed in zip(settings, result["rows"], strict=True):
+        if "latency_p50_s" not in timed:
+            raise SystemExit(f"{label}: {timed.get('skipped') or timed.get('failed')}")
+        fidelity = scored[(scheduler, steps)]
+        rows.append(
+            {
+                "setting": label,
+                "scheduler": scheduler,
+                "steps": steps,
+                "n_cells": fidelity["cells"],
+                "cells_per_s": round(timed["cells_per_s"], 1),
+                "seconds_per_1000_cells": round(1000 / timed["cells_per_s"], 2),
+                "latency_p50_s": timed["latency_p50_s"],
+                "timed_steps": timed["timed_steps"],
+                "extrapolated": timed["extrapolated"],
+                "metrics": fidelity["metrics"],
+            }
+        )
+        m = fidelity["metrics"]
+        print(
+            f"  {label}: {rows[-1]['cells_per_s']} cells/s; PCA-MMD² "
+            f"{m['mmd2_rbf_pca']['value']:.4g} (floor {m['mmd2_rbf_pca']['floor']:.4g}); "
+            f"kNN AUC {m['knn_auc']['value']:.3f}",
+            flush=True,
+        )
+    return rows
 
 
 def main() -> None:
@@ -81,9 +107,13 @@ def main() -> None:
     parser.add_argument("--engine", default="onnxruntime")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per setting")
+    parser.add_argument(
+        "--budget-s", type=float, default=60.0, help="timing seconds per setting (not scoring)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cells", type=int, default=None, help="cells per setting (default: as many as held out)"
+        "--cells", type=int, default=2000, help="synthetic cells scored per setting"
     )
     parser.add_argument(
         "--ddpm-cells",
@@ -97,53 +127,25 @@ def main() -> None:
 
     bundle = cellsynth.load_bundle(args.bundle)
     data = bundle.config.get("training", {}).get("data", "kang")
-    real_x, real_obs = held_out_cells(bundle, cellsynth.datasets.load(data))
-    keys = bundle.labels.keys
-    composition = anndata.AnnData(obs=real_obs[keys].copy())
-    n_default = args.cells or len(real_x)
+    chosen = [s for s in SETTINGS if not args.settings or s[0] in args.settings]
+    ddpm = [s for s in chosen if s[1] == "ddpm"]
+    rest = [s for s in chosen if s[1] != "ddpm"]
     rows = []
-    for label, scheduler, steps in SETTINGS:
-        if args.settings and label not in args.settings:
-            continue
-        n = args.ddpm_cells if (scheduler == "ddpm" and args.ddpm_cells) else n_default
-        print(f"{label}: {n} cells ...", flush=True)
-        run = run_setting(bundle, scheduler, steps, composition, n, args)
-        syn = run["adata"]
-        metrics = compute_metrics(
-            real_x,
-            syn.X,
-            {k: real_obs[k].to_numpy() for k in keys},
-            {k: syn.obs[k].to_numpy() for k in keys},
-            label_key=keys[0],
-            seed=args.seed,
-        )
-        rows.append(
-            {
-                "setting": label,
-                "scheduler": scheduler,
-                "steps": steps,
-                "n_cells": n,
-                "seconds": round(run["seconds"], 2),
-                "seconds_per_1000_cells": round(run["seconds"] / n * 1000, 2),
-                "cells_per_s": round(n / run["seconds"], 1),
-                "metrics": metrics["metrics"],
-                "n_compared": metrics.get("n_compared"),
-            }
-        )
-        m = metrics["metrics"]
-        print(
-            f"  {rows[-1]['cells_per_s']} cells/s; PCA-MMD² {m['mmd2_rbf_pca']['value']:.4g} "
-            f"(floor {m['mmd2_rbf_pca']['floor']:.4g}); kNN AUC {m['knn_auc']['value']:.3f}",
-            flush=True,
-        )
+    if ddpm:
+        rows += measure(bundle, ddpm, args.ddpm_cells or args.cells, data, args)
+    if rest:
+        rows += measure(bundle, rest, args.cells, data, args)
     result = {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "bundle": str(bundle.path),
         "bundle_hash": bundle.hash,
         "engine": args.engine,
+        "threads": args.threads,
         "batch_size": args.batch_size,
-        "real_cells": f"{len(real_x)} held-out cells of {data}",
+        "repeats": args.repeats,
+        "budget_s": args.budget_s,
+        "real_cells": f"held-out cells of {data} (cellsynth evaluate, renormalised)",
         "rows": rows,
         "goals": goals(rows),
     }
@@ -187,12 +189,13 @@ def goals(rows: list[dict]) -> list[str]:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, torch threads "
-        f"{m['torch_threads']}); bundle {Path(result['bundle']).name}, engine {result['engine']}, "
-        f"batch {result['batch_size']}; real: {result['real_cells']}; each metric as value "
-        "(real-vs-real floor).",
+        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, {result['threads']} "
+        f"threads) with `cellsynth bench`'s loop; bundle {Path(result['bundle']).name}, engine "
+        f"{result['engine']}, batch {result['batch_size']} (cells/s from the median latency of "
+        f"{result['repeats']} batches; * = timed over the first steps and extrapolated); real: "
+        f"{result['real_cells']}; each metric as value (real-vs-real floor).",
         "",
-        "| sampler | cells | s / 1000 cells | cells/s | "
+        "| sampler | cells scored | s / 1000 cells | cells/s | "
         + " | ".join(name for _, name in COLUMNS)
         + " |",
         "|---|---:|---:|---:|" + "---:|" * len(COLUMNS),
@@ -202,9 +205,10 @@ def markdown(result: dict) -> str:
         for key, _ in COLUMNS:
             v = r["metrics"][key]
             cells.append(f"{v['value']:.3g} ({v['floor']:.3g})")
+        star = "*" if r["extrapolated"] else ""
         lines.append(
-            f"| {r['setting']} | {r['n_cells']} | {r['seconds_per_1000_cells']} | "
-            f"{r['cells_per_s']} | " + " | ".join(cells) + " |"
+            f"| {r['setting']} | {r['n_cells']} | {r['seconds_per_1000_cells']}{star} | "
+            f"{r['cells_per_s']}{star} | " + " | ".join(cells) + " |"
         )
     lines += ["", "Goals (default model):", *[f"- {g}" for g in result["goals"]], ""]
     return "\n".join(lines) + "\n"

@@ -24,13 +24,15 @@ configs: the shipped default ('small') and the scRDiT paper's ('paper', random w
 Time budget
 -----------
 A 1000-step run of the paper config takes tens of minutes on a few CPU cores, so each row gets
-``--budget-s`` seconds. Each method's cost per step is probed first; a row whose full run would
-exceed the budget times the first k >= 5 steps of the schedule instead (after an untimed one-step
-warm-up) and reports ``cells/s = n / (seconds_per_step * steps)``, marked "extrapolated from k of
-N steps" (per-run fixed costs such as opening the ONNX session are left out of those rows; for
-cellsynth they time the loop ``generate`` runs, :func:`cellsynth_partial`). Full rows time
-everything a call does: for cellsynth the whole ``generate`` (opening the engine, labels, sparse
-output), for the loops sampling from an already loaded module.
+``--budget-s`` seconds. The timing is cellsynth's own loop (:mod:`cellsynth.bench.timing`, the
+one ``cellsynth bench`` uses): each method's cost per step is probed first; a row whose
+``--repeats`` full runs would exceed the budget times the first k >= 3 steps of the schedule
+instead (after an untimed one-step warm-up) and reports
+``cells/s = n / (seconds_per_step * steps)``, marked "extrapolated from k of N steps" (per-run
+fixed costs such as opening the ONNX session are left out of those rows; for cellsynth they time
+the loop ``generate`` runs, :func:`cellsynth_partial`). Full rows time everything a call does:
+for cellsynth the whole ``generate`` (opening the engine, labels, sparse output), for the loops
+sampling from an already loaded module.
 
 FLOPs
 -----
@@ -84,6 +86,7 @@ import torch
 from _machine import machine as base_machine
 
 import cellsynth
+from cellsynth.bench import timing
 from cellsynth.bundle.format import SHIPPED_DIR
 from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.generation.conditions import assign_labels
@@ -92,7 +95,6 @@ from cellsynth.scheduler import scheduler_for_bundle
 T_TRAIN = 1000
 RATES = (1, 10, 20, 50, 100)
 PUBLISHED_BATCH = 16  # the scRDiT repository's batch size
-MIN_TIMED_STEPS = 5
 GOAL_SPEEDUP = 3.0  # cellsynth (onnxruntime) vs the usual PyTorch loop, equal steps, CPU
 GOAL_GEMM_FRACTION = 0.50  # of the fp32 GEMM rate, paper config
 GPU_STEPS = 50
@@ -527,46 +529,17 @@ def with_onnx(bundle: Bundle, precisions: Sequence[str], tmp: Path) -> tuple[Bun
 
 
 @dataclass
-class Method:
-    """One way to generate ``n_cells``: ``run(steps, limit)`` runs the whole ``steps``-step
-    schedule (limit None) or its first ``limit`` timesteps only."""
+class Method(timing.Method):
+    """A method of :mod:`cellsynth.bench.timing`, with the batch size its row reports."""
 
-    name: str
-    run: Callable[[int, int | None], object]
-    batch_size: int
-    unavailable: str | None = None  # why it cannot run here (a row note)
-    seconds_per_step: float = float("nan")  # set by probe()
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def probe(method: Method, steps: int) -> float:
-    """Seconds per step of ``method`` (for all its cells): a 1-step warm-up, then 5 steps."""
-    method.run(steps, 1)
-    return _timed(lambda: method.run(steps, MIN_TIMED_STEPS)) / MIN_TIMED_STEPS
-
-
-def plan(seconds_per_step: float, steps: int, budget_s: float, repeats: int) -> dict[str, int]:
-    """Full runs (``timed_steps = steps``) when one fits in the budget, else k >= 5 steps;
-    as many repeats (up to ``repeats``) as the budget allows, at least one."""
-    full = seconds_per_step * steps
-    if full <= budget_s:
-        return {"timed_steps": steps, "repeats": max(1, min(repeats, int(budget_s // full)))}
-    k = max(MIN_TIMED_STEPS, min(steps - 1, int(budget_s / (repeats * seconds_per_step))))
-    return {
-        "timed_steps": k,
-        "repeats": max(1, min(repeats, int(budget_s // (k * seconds_per_step)))),
-    }
+    batch_size: int = 0
 
 
 def measure_rate(
     methods: Sequence[Method], steps: int, n_cells: int, budget_s: float, repeats: int
 ) -> dict[str, dict[str, Any]]:
-    """Time every method at ``steps`` steps, interleaved: each round runs each method once.
+    """Time every method at ``steps`` steps through cellsynth's one timing loop
+    (:func:`cellsynth.bench.timing.measure`: interleaved rounds, the budget, extrapolation).
 
     Returns
     -------
@@ -574,29 +547,14 @@ def measure_rate(
         Per method name: cells_per_s, seconds (median, of what was timed), timed_steps, repeats,
         extrapolated.
     """
-    plans = {m.name: plan(m.seconds_per_step, steps, budget_s, repeats) for m in methods}
-    times: dict[str, list[float]] = {m.name: [] for m in methods}
-    for r in range(max(p["repeats"] for p in plans.values())):
-        for m in methods:
-            p = plans[m.name]
-            if r >= p["repeats"]:
-                continue
-            full = p["timed_steps"] == steps
-            if not full:
-                m.run(steps, 1)  # warm-up step, untimed
-            times[m.name].append(
-                _timed(lambda m=m, p=p, full=full: m.run(steps, None if full else p["timed_steps"]))
-            )
     rows = {}
-    for m in methods:
-        p, seconds = plans[m.name], statistics.median(times[m.name])
-        full_seconds = seconds / p["timed_steps"] * steps
-        rows[m.name] = {
-            "cells_per_s": n_cells / full_seconds,
-            "seconds": seconds,
-            "timed_steps": p["timed_steps"],
-            "repeats": len(times[m.name]),
-            "extrapolated": p["timed_steps"] != steps,
+    for name, t in timing.measure(methods, steps, budget_s, repeats).items():
+        rows[name] = {
+            "cells_per_s": n_cells / statistics.median(t.seconds()),
+            "seconds": statistics.median(r["seconds"] for r in t.runs),
+            "timed_steps": t.timed_steps,
+            "repeats": len(t.runs),
+            "extrapolated": t.extrapolated,
         }
     return rows
 
@@ -651,29 +609,32 @@ def cpu_methods(
 
     methods = [
         Method(
-            ORT_FP32, cellsynth_method("onnxruntime", "fp32"), batch_size, onnx_problems.get("fp32")
+            ORT_FP32,
+            cellsynth_method("onnxruntime", "fp32"),
+            unavailable=onnx_problems.get("fp32"),
+            batch_size=batch_size,
         ),
-        Method("cellsynth (torch)", cellsynth_method("torch", None), batch_size),
+        Method("cellsynth (torch)", cellsynth_method("torch", None), batch_size=batch_size),
         # engine='auto': the engine it measures fastest (its calibration runs in the untimed
         # probe and is cached in a private folder, see main).
-        Method(AUTO, cellsynth_method("auto", None), batch_size),
+        Method(AUTO, cellsynth_method("auto", None), batch_size=batch_size),
         Method(
             ORT_INT8,
             cellsynth_method("onnxruntime", "int8"),
-            batch_size,
-            onnx_problems.get("int8", "not asked for (--no-int8)"),
+            unavailable=onnx_problems.get("int8", "not asked for (--no-int8)"),
+            batch_size=batch_size,
         ),
         Method(
             USUAL,
             lambda steps, limit: usual_loop(model, bundle, x_T, labels, steps, batch_size, limit),
-            batch_size,
+            batch_size=batch_size,
         ),
         Method(
             PUBLISHED,
             lambda steps, limit: published_loop(
                 model, bundle, x_T, labels, steps, PUBLISHED_BATCH, limit, seed=seed
             ),
-            PUBLISHED_BATCH,
+            batch_size=PUBLISHED_BATCH,
         ),
     ]
     return methods
@@ -689,8 +650,8 @@ def gpu_rows(
     x_T = initial_noise(bundle, n_cells, seed)
     model = bundle.to_torch(device="cuda")
 
-    def tensorrt(steps: int, limit: int | None) -> object:
-        return cellsynth.generate(
+    def tensorrt(steps: int, limit: int | None) -> None:
+        cellsynth.generate(
             bundle,
             n_cells=n_cells,
             steps=steps,
@@ -704,8 +665,9 @@ def gpu_rows(
             progress=False,
         )
 
-    def eager(steps: int, limit: int | None) -> object:
-        return usual_loop(model, bundle, x_T, labels, steps, batch_size, limit, device="cuda")
+    def eager(steps: int, limit: int | None) -> None:
+        usual_loop(model, bundle, x_T, labels, steps, batch_size, None, device="cuda")
+        torch.cuda.synchronize()
 
     rows = []
     for name, run in [
@@ -720,11 +682,10 @@ def gpu_rows(
             "device": torch.cuda.get_device_name(0),
         }
         try:
-            run(GPU_STEPS, None)  # warm-up (engine build, CUDA graphs, cuBLAS)
-            torch.cuda.synchronize()
-            seconds = statistics.median(
-                _timed(lambda r=run: r(GPU_STEPS, None)) for _ in range(repeats)
-            )
+            # Whole runs only (each call is a whole generate()); the probe's runs warm up the
+            # engine build, CUDA graphs and cuBLAS.
+            t = timing.measure([Method(name, run)], GPU_STEPS, float("inf"), repeats)[name]
+            seconds = statistics.median(t.seconds())
             row.update(
                 cells_per_s=n_cells / seconds,
                 seconds=seconds,
@@ -918,7 +879,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"cellsynth and the usual loop (the published way uses {PUBLISHED_BATCH})",
     )
     p.add_argument("--budget-s", type=float, help="seconds per table row (default 60)")
-    p.add_argument("--repeats", type=int, help="rounds per row where affordable (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds per row (default 3); rows whose rounds exceed --budget-s time fewer steps",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument(
         "--bundle",
@@ -986,7 +951,7 @@ def run_config(
     methods = cpu_methods(bundle, n, batch, args.threads, args.seed, onnx_problems)
     runnable = [m for m in methods if m.unavailable is None]
     for m in runnable:
-        m.seconds_per_step = probe(m, min(T_TRAIN // r for r in args.rates))
+        timing.probe(m, min(T_TRAIN // r for r in args.rates))
         print(f"{name}: {m.name}: {m.seconds_per_step:.3f} s/step (probe)", file=sys.stderr)
     rows = []
     for rate in sorted(args.rates, reverse=True):  # cheapest first

@@ -241,3 +241,53 @@ def test_torch_on_a_gpu_without_one_is_a_clear_skip(tiny_onnx_bundle):
                    batch_sizes=[2], device="cuda", **FAST)  # fmt: skip
     for row in result["rows"]:
         assert "skipped" in row and ("CUDA" in row["skipped"] or "GPU" in row["skipped"])
+
+
+def test_the_timer_hook_splits_the_loop_and_changes_no_cell(tiny_onnx_bundle):
+    """denoise(timer=...) times the loop generation runs; the cells are those of a plain call."""
+    from cellsynth.backends import load_denoiser
+    from cellsynth.backends.base import StepTimes
+    from cellsynth.bundle.load import load_bundle
+    from cellsynth.scheduler import scheduler_for_bundle
+
+    b = load_bundle(tiny_onnx_bundle)
+    denoiser, _ = load_denoiser(b, "onnxruntime", "cpu", threads=1)
+    labels = np.zeros((6, len(b.labels.sizes)), dtype=np.int64)
+    null = np.broadcast_to(np.asarray(b.labels.sizes, dtype=np.int64), labels.shape).copy()
+    cells = []
+    for timer in (None, StepTimes()):
+        sched = scheduler_for_bundle(b, "dpmsolver++", truncate_final=True, seed=3)
+        sched.set_timesteps(5)
+        x_T = sched.init_noise(6, b.width)
+        cells.append(denoiser.denoise(sched, x_T, labels, null, 2.0, 0, {}, timer=timer))
+    np.testing.assert_array_equal(cells[0], cells[1])
+    assert timer.split and timer.model_s > 0 and timer.step_s > 0
+    denoiser.close()
+
+
+def test_measure_interleaves_extrapolates_and_keeps_fixed_parts():
+    """The shared timing loop: probe, plan within the budget, rounds, extrapolation."""
+    from cellsynth.bench import timing
+
+    calls: list[tuple[str, int | None]] = []
+
+    def method(name: str, per_step: float, fixed: float) -> timing.Method:
+        def run(steps: int, limit: int | None) -> dict[str, float]:
+            calls.append((name, limit))
+            k = steps if limit is None else limit
+            return {"seconds": per_step * k + fixed, "fixed_s": fixed}
+
+        return timing.Method(name, run)
+
+    fast, slow = method("fast", 0.001, 0.5), method("slow", 1.0, 0.0)
+    out = timing.measure([fast, slow], steps=100, budget_s=20.0, repeats=2)
+    assert fast.seconds_per_step == pytest.approx(0.001)
+    assert out["fast"].timed_steps == 100 and not out["fast"].extrapolated
+    # 2 whole runs of 100 s do not fit 20 s: 10 steps each, scaled up, fixed part kept once.
+    assert out["slow"].timed_steps == 10 and out["slow"].extrapolated
+    assert out["slow"].seconds() == pytest.approx([100.0, 100.0])
+    assert out["fast"].seconds() == pytest.approx([0.6, 0.6])
+    timed = [c for c in calls[4:] if c[1] != 1]  # after the probes, without warm-up steps
+    assert timed == [("fast", None), ("slow", 10), ("fast", None), ("slow", 10)]
+    assert timing.plan(float("nan"), 50, 1.0, 3) == 50
+    assert timing.plan(1.0, 50, 1.0, 3) == timing.MIN_TIMED_STEPS

@@ -352,9 +352,11 @@ class CudaDenoiser(Denoiser):
         cell_offset: int,
         step_options: Mapping[str, Any],
         on_step: Any = None,
+        timer: Any = None,
     ) -> np.ndarray:
         """As :meth:`Denoiser.denoise` (``on_step`` is called once, at the end: a GPU batch is
-        quick), over persistent device buffers (no per-step allocation)."""
+        quick), over persistent device buffers (no per-step allocation); ``timer`` is left unsplit
+        (device work is asynchronous)."""
         guided, codes, timesteps = self._batch(x_T, labels, null_labels, guidance, scheduler)
         b = self._plain_buffers(len(x_T), guided, len(timesteps))
         self._fill_inputs(b, x_T, codes, timesteps, None)

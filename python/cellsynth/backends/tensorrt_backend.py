@@ -311,9 +311,10 @@ class TensorRTDenoiser(CudaDenoiser):
         cell_offset: int,
         step_options: Mapping[str, Any],
         on_step: Any = None,
+        timer: Any = None,
     ) -> np.ndarray:
         """As :meth:`Denoiser.denoise` (``on_step`` is called once, at the end: a GPU batch is
-        quick); replays a CUDA graph of the loop when it can."""
+        quick); replays a CUDA graph of the loop when it can (``timer`` stays unsplit)."""
         guided, codes, timesteps = self._batch(x_T, labels, null_labels, guidance, scheduler)
         n_cells = len(x_T)
         n_in = 2 * n_cells if guided else n_cells
@@ -324,10 +325,10 @@ class TensorRTDenoiser(CudaDenoiser):
             or not timesteps
             or not self._min_rows <= n_in <= self._max_rows
         )
+        # The plain loop (no graph), as CudaDenoiser runs it.
+        args = (null_labels, guidance, cell_offset, step_options, on_step, timer)
         if plain:
-            return super().denoise(
-                scheduler, x_T, labels, null_labels, guidance, cell_offset, step_options, on_step
-            )
+            return super().denoise(scheduler, x_T, labels, *args)
         key = graph_key(scheduler, n_cells, guided, guidance, timesteps, step_options, noise)
         entry = self._graphs.get(key)
         if entry is None:
@@ -348,16 +349,7 @@ class TensorRTDenoiser(CudaDenoiser):
                     cell_offset,
                 )
             if entry is None:
-                return super().denoise(
-                    scheduler,
-                    x_T,
-                    labels,
-                    null_labels,
-                    guidance,
-                    cell_offset,
-                    step_options,
-                    on_step,
-                )
+                return super().denoise(scheduler, x_T, labels, *args)
         self._graphs.move_to_end(key)
         b = entry.buffers
         self._fill_inputs(b, x_T, codes, None, cell_offset if entry.noise else None)

@@ -50,6 +50,8 @@ def bench(
     budget_s: float = DEFAULT_BUDGET_S,
     device: str = "auto",
     fidelity: Any = None,
+    fidelity_cells: int = FIDELITY_CELLS,
+    fidelity_metrics: Sequence[str] = FIDELITY_METRICS,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -68,12 +70,16 @@ def bench(
     device : 'auto' (a GPU for tensorrt and, where present, the others), 'cpu' or 'cuda[:N]'
     fidelity : real cells (AnnData, .h5ad path or data set name) to score each scheduler setting
         against; None: speed only
+    fidelity_cells : synthetic cells per scored setting (at most as many as there are real ones)
+    fidelity_metrics : the metrics of :func:`cellsynth.metrics.compute_metrics` to keep
     seed : seeds labels and noise
     """
     if repeats < 1:
         raise CellsynthError(f"repeats must be >= 1, got {repeats}")
     if budget_s <= 0:
         raise CellsynthError(f"budget_s must be > 0, got {budget_s}")
+    if fidelity_cells < 1:
+        raise CellsynthError(f"fidelity_cells must be >= 1, got {fidelity_cells}")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if b.kind == "autoencoder":
         raise CellsynthError(f"{b.path} is an autoencoder bundle: it has no denoiser to time")
@@ -120,7 +126,8 @@ def bench(
         "seconds": None,
     }
     if fidelity is not None:
-        result["fidelity"] = _fidelity(b, rows, fidelity, device, threads, seed, progress)
+        scoring = {"cells": fidelity_cells, "metrics": tuple(fidelity_metrics)}
+        result["fidelity"] = _fidelity(b, rows, fidelity, scoring, device, threads, seed, progress)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -168,6 +175,7 @@ def _fidelity(
     b: Bundle,
     rows: list[dict[str, Any]],
     real: Any,
+    scoring: dict[str, Any],
     device: str,
     threads: int | None,
     seed: int,
@@ -184,7 +192,7 @@ def _fidelity(
     real_ad = real if isinstance(real, ad.AnnData) else cellsynth.datasets.load(real)
     real_name = "an AnnData object" if isinstance(real, ad.AnnData) else str(real)
     keys = [k for k in b.labels.keys if k in real_ad.obs]
-    n = min(real_ad.n_obs, FIDELITY_CELLS)
+    n = min(real_ad.n_obs, scoring["cells"])
     # The label mix of (a random n of) the real cells, so both sides have the same classes.
     pick = np.sort(np.random.default_rng(seed).choice(real_ad.n_obs, n, replace=False))
     composition = ad.AnnData(obs=real_ad.obs[keys].iloc[pick].copy()) if keys else None
@@ -214,7 +222,7 @@ def _fidelity(
         )  # fmt: skip
         metrics = {
             name: {k: report["metrics"][name].get(k) for k in ("value", "floor")}
-            for name in FIDELITY_METRICS
+            for name in scoring["metrics"]
             if name in report["metrics"]
         }
         done[key] = {
@@ -228,7 +236,8 @@ def _fidelity(
         }
         if progress:
             auc = metrics.get("knn_auc", {}).get("value")
-            print(f"cellsynth bench: fidelity {key[0]} {key[1]} {key[2]}: kNN AUC {auc:.3f}",
+            said = f": kNN AUC {auc:.3f}" if auc is not None else " scored"
+            print(f"cellsynth bench: fidelity {key[0]} {key[1]} {key[2]}{said}",
                   file=sys.stderr, flush=True)  # fmt: skip
     return list(done.values())
 
