@@ -28,14 +28,14 @@ class _Sleepy(Denoiser):
         return np.zeros_like(x_t)
 
 
-def _choose(bundle, speeds, batch_size=64, n_cells=1000, steps=50):
+def _choose(bundle, speeds, batch_size=64, n_cells=1000, steps=50, **where):
     calls: list[str] = []
 
     def load(name):
         return _Sleepy(name, speeds[name], calls), None
 
     engine, why, record = calibration.choose_by_speed(
-        bundle, list(speeds), load, batch_size, steps, n_cells, threads=1
+        bundle, list(speeds), load, batch_size, steps, n_cells, threads=1, **where
     )
     return engine, why, record, calls
 
@@ -49,8 +49,9 @@ def test_the_faster_engine_wins_and_the_answer_is_cached(tiny_onnx_bundle, tmp_p
     per_cell = record["seconds_per_cell"]
     assert per_cell["torch"] < per_cell["onnxruntime"]
     assert 50 * 2e-4 <= per_cell["onnxruntime"] < 50 * 2e-3  # steps x the model's cost per cell
-    # One warm-up and three timed calls per engine.
-    assert calls.count("torch") == calls.count("onnxruntime") == 1 + calibration.TIMED_CALLS
+    # One warm-up and three timed runs of the denoising loop per engine.
+    loops = (1 + calibration.TIMED_CALLS) * calibration.CALIBRATION_STEPS
+    assert calls.count("torch") == calls.count("onnxruntime") == loops
     assert why.startswith("measured fastest on this CPU: torch ") and "64 cells timed now" in why
     # Same bundle, machine and run: the cache answers, nothing is timed again, even if the
     # engines would now compare the other way.
@@ -63,6 +64,42 @@ def test_the_faster_engine_wins_and_the_answer_is_cached(tiny_onnx_bundle, tmp_p
     # Another batch size is another question.
     engine, _, record, calls = _choose(bundle, {"onnxruntime": 0.0, "torch": 1e-3}, batch_size=32)
     assert engine == "onnxruntime" and not record["cached"] and record["cells"] == 32
+
+
+def test_guidance_is_timed_and_cached_apart(tiny_onnx_bundle, tmp_path, monkeypatch):
+    """Guidance doubles the rows of every model call: a guided run is measured as such."""
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    speeds = {"onnxruntime": 1e-4, "torch": 3e-4}
+    _, _, plain, _ = _choose(bundle, speeds)
+    _, _, guided, calls = _choose(bundle, speeds, guidance=2.0)
+    assert calls and not guided["cached"]  # not the unguided answer from the cache
+    ratio = guided["seconds_per_cell"]["torch"] / plain["seconds_per_cell"]["torch"]
+    assert 1.6 < ratio < 2.4
+    _, _, again, calls = _choose(bundle, speeds, guidance=3.0)
+    assert again["cached"] and calls == []  # any guidance != 1 doubles the rows alike
+
+
+def test_on_a_gpu_the_gpu_engines_are_measured(tiny_onnx_bundle, tmp_path, monkeypatch):
+    """On a GPU auto measures TensorRT, onnxruntime-gpu and torch CUDA (where each is present)."""
+    import cellsynth.backends as backends
+
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path))
+    bundle = cellsynth.load_bundle(tiny_onnx_bundle)
+    monkeypatch.setattr(backends, "_has_module", lambda name: True)
+    monkeypatch.setattr(backends, "_ort_cuda", lambda: True)
+    monkeypatch.setattr(backends, "_torch_cuda", lambda: True)
+    assert backends.engine_candidates(bundle, "cuda:0") == ["tensorrt", "onnxruntime", "torch"]
+    assert backends.engine_candidates(bundle, "cpu") == ["onnxruntime", "torch"]
+    monkeypatch.setattr(backends, "_ort_cuda", lambda: False)
+    assert backends.engine_candidates(bundle, "cuda:0") == ["tensorrt", "torch"]
+    speeds = {"tensorrt": 2e-6, "torch": 1e-6}
+    engine, why, record, _ = _choose(bundle, speeds, batch_size=4096, device="cuda:0")
+    assert engine == "torch" and record["cells"] == calibration.GPU_CALIBRATION_CELLS
+    assert why.startswith("measured fastest on this GPU: torch ")
+    # Too small a run: the fixed order's first (the default), said as not measured.
+    engine, why, _, calls = _choose(bundle, speeds, n_cells=10, device="cuda:1")
+    assert engine == "tensorrt" and calls == [] and why.startswith("GPU, tensorrt (not measured")
 
 
 def test_small_runs_are_not_calibrated(tiny_onnx_bundle, tmp_path, monkeypatch):

@@ -8,10 +8,13 @@ onnxruntime the bundle's ONNX export              onnxruntime (CPU); onnxruntime
 tensorrt    an engine built from the ONNX export  an NVIDIA GPU, TensorRT 10
 ========== ===================================== ==========================================
 
-``engine='auto'`` on a GPU takes the first available in the order TensorRT, onnxruntime on CUDA,
-torch on CUDA. On the CPU, where onnxruntime (with an ONNX export) and torch can both run the
-bundle, it measures which is faster for this bundle, machine, thread count and batch size and
-caches the answer (:mod:`cellsynth.backends.calibration`); with one of them, that one.
+``engine='auto'`` measures, for the run it is asked for, which of the engines that can run the
+bundle here is fastest (on the CPU: onnxruntime with an ONNX export, torch; on a GPU: TensorRT,
+onnxruntime on CUDA, torch on CUDA) for this bundle, machine, thread count, batch size and
+guidance, and caches the answer (:mod:`cellsynth.backends.calibration`); with one candidate,
+that one. Without a run to measure for (or a run too small to pay for it), it takes the first
+available in the order TensorRT, onnxruntime on CUDA, torch on CUDA, onnxruntime on the CPU,
+torch on the CPU.
 
 A latent-diffusion bundle (SCDG over autoencoder codes) denoises with the same backends at width
 D and ends with a :class:`Decoder` from :func:`load_decoder`, chosen by the denoiser's engine and
@@ -38,6 +41,7 @@ __all__ = [
     "Decoder",
     "Denoiser",
     "choose_engine",
+    "engine_candidates",
     "load_decoder",
     "load_denoiser",
     "load_engine",
@@ -154,10 +158,11 @@ def load_denoiser(
     threads : int, optional
         CPU threads (torch, onnxruntime on the CPU).
     run : dict, optional
-        The run ``engine='auto'`` chooses for: ``batch_size``, ``steps``, ``n_cells``. On the CPU
-        with both onnxruntime and torch able to run the bundle (and no ``precision`` asked for),
-        the faster one for it is measured (:mod:`cellsynth.backends.calibration`) and the figures
-        are kept in ``denoiser.details['engine_calibration']``. Without it: onnxruntime.
+        The run ``engine='auto'`` chooses for: ``batch_size``, ``steps``, ``n_cells`` and
+        optionally ``guidance``. With several engines able to run the bundle on the device (and
+        no ``precision`` asked for), the fastest for it is measured
+        (:mod:`cellsynth.backends.calibration`) and the figures are kept in
+        ``denoiser.details['engine_calibration']``. Without it: :func:`choose_engine`'s order.
     """
     if engine not in (*ENGINES, "auto"):
         raise CellsynthError(f"engine must be 'auto' or one of {ENGINES}, got {engine!r}")
@@ -169,15 +174,23 @@ def load_denoiser(
     why, calibration = "asked for", None
     if engine == "auto":
         engine, device, why = choose_engine(bundle, device)
-        candidates = _cpu_candidates(bundle)
-        if device == "cpu" and run is not None and precision is None and len(candidates) > 1:
+        candidates = engine_candidates(bundle, device)
+        if run is not None and precision is None and len(candidates) > 1:
             from cellsynth.backends.calibration import choose_by_speed
 
-            def load(name: str) -> tuple[Denoiser, Decoder | None]:
-                return load_engine(bundle, name, "cpu", weights, None, threads)[:2]
+            def load(name: str, on: str = device) -> tuple[Denoiser, Decoder | None]:
+                return load_engine(bundle, name, on, weights, None, threads)[:2]
 
             engine, why, calibration = choose_by_speed(
-                bundle, candidates, load, run["batch_size"], run["steps"], run["n_cells"], threads
+                bundle,
+                candidates,
+                load,
+                run["batch_size"],
+                run["steps"],
+                run["n_cells"],
+                threads,
+                guidance=float(run.get("guidance", 1.0)),
+                device=device,
             )
     elif device == "auto":
         device = (
@@ -219,13 +232,19 @@ def load_engine(
     return denoiser, decoder, why
 
 
-def _cpu_candidates(bundle: Bundle) -> list[str]:
-    """The engines that can run ``bundle`` on this machine's CPU."""
-    return [
-        name
-        for name, ok in (("onnxruntime", _has_onnx(bundle)), ("torch", _has_module("torch")))
-        if ok
-    ]
+def engine_candidates(bundle: Bundle, device: str) -> list[str]:
+    """The engines that can run ``bundle`` on ``device``, in :func:`choose_engine`'s order (its
+    choice first)."""
+    if device == "cpu":
+        usable = [("onnxruntime", _has_onnx(bundle)), ("torch", _has_module("torch"))]
+    else:
+        onnx = _has_onnx(bundle)
+        usable = [
+            ("tensorrt", onnx and _has_module("tensorrt") and not _latent(bundle)),
+            ("onnxruntime", onnx and _ort_cuda()),
+            ("torch", _torch_cuda()),
+        ]
+    return [name for name, ok in usable if ok]
 
 
 def _build(
