@@ -180,3 +180,50 @@ def test_small_runs_leave_no_empty_shard_and_overwrite_starts_clean(
                          overwrite=True, **again)  # fmt: skip
     _same(distributed.read(out),
           cellsynth.generate(tiny_onnx_bundle, n_cells=20, progress=False, **again))  # fmt: skip
+
+
+def test_kept_engines_are_reused_and_change_no_cell(tiny_onnx_bundle, monkeypatch):
+    """keep_engines (what a Ray worker runs its shards in): one engine for many runs."""
+    import cellsynth.generation.run as run_module
+    from cellsynth.generation import engine_pool
+
+    opened = []
+    real = run_module.load_engine
+
+    def counting(*args, **kwargs):
+        opened.append(kwargs.get("engine"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "load_engine", counting)
+    run = dict(RUN, engine="onnxruntime", device="cpu", threads=1, progress=False)
+    alone = [cellsynth.generate(tiny_onnx_bundle, n_cells=24, shard=(k, 2), **run) for k in (0, 1)]
+    assert len(opened) == 2
+    with engine_pool.keep_engines():
+        kept = [cellsynth.generate(tiny_onnx_bundle, n_cells=24, shard=(k, 2), **run)
+                for k in (0, 1)]  # fmt: skip
+        ((denoiser, _, _),) = engine_pool._pool.values()
+        # 'auto' depends on the run: never taken from the pool.
+        cellsynth.generate(tiny_onnx_bundle, n_cells=8, **{**run, "engine": "auto"})
+    assert opened == ["onnxruntime", "onnxruntime", "onnxruntime", "auto"]
+    assert engine_pool._pool is None and denoiser.session is None  # closed with the block
+    for a, b in zip(alone, kept, strict=True):
+        _same(a, b)
+
+
+def test_progress_is_reported_within_batches(tiny_onnx_bundle):
+    from cellsynth.generation import ray_workers
+
+    seen: list[int] = []
+    cellsynth.generate(tiny_onnx_bundle, n_cells=20, progress=False, on_progress=seen.append,
+                       **RUN)  # fmt: skip
+    assert seen == sorted(seen) and seen[-1] == 20
+    assert any(v % RUN["batch_size"] for v in seen)  # moved within a batch, not only at its end
+    board = ray_workers.Progress()
+    for shard, cells in [(0, 8), (1, 5), (0, 4), (0, 16)]:
+        board.report(shard, cells)  # a retried shard reports less again: the most is kept
+    assert board.total() == 21
+    sent: list[int] = []
+    report = ray_workers._throttled(sent.append)
+    for done in range(100):
+        report(done)
+    assert sent == [0]  # at most one message per REPORT_S

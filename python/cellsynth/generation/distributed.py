@@ -1,15 +1,17 @@
-"""Generation on a Ray cluster: one run cut into shards, one Ray task per shard, cells identical
-to a single-process run.
+"""Generation on a Ray cluster: one run cut into shards, run by Ray actors that keep their engine
+loaded, cells identical to a single-process run.
 
 ``generate(bundle, n_cells, out, ...)`` cuts the run into shards on the batch grid (the shard
 logic of ``cellsynth sample --shard k/N``: every shard's batches are the whole run's batches, so
-each cell is denoised in the same batch at the same row with the same keyed noise), runs each shard
-as a Ray task that writes its own .h5ad under ``out`` through the chunked, resumable writer of
-:func:`cellsynth.generate`, and waits with one progress bar. A task whose worker dies (a killed
-process, a lost node) is run again by Ray (``max_retries``) and resumes from the chunks its first
-attempt finished; each chunk proves its settings and cells, and what the dead process half-wrote
-is removed, so a retried shard is still bit-identical. An error in the work itself (bad input)
-is not retried: it stops the run and is reported naming the shard.
+each cell is denoised in the same batch at the same row with the same keyed noise). One actor per
+worker (:mod:`cellsynth.generation.ray_workers`) runs shard after shard with its engine kept
+open, each shard into its own .h5ad under ``out`` through the chunked, resumable writer of
+:func:`cellsynth.generate`; the workers report their cells done per batch and one progress bar
+shows the total. An actor whose process dies (a killed process, a lost node) is restarted by Ray
+and its shard run again (``max_retries``), resuming from the chunks its first attempt finished;
+each chunk proves its settings and cells, and what the dead process half-wrote is removed, so a
+retried shard is still bit-identical. An error in the work itself (bad input) is not retried: it
+stops the run and is reported naming the shard.
 
 Two outputs, the user's choice:
 
@@ -83,7 +85,7 @@ def generate(
     gpus_per_worker : GPUs each task reserves (fractions share one GPU)
     shards : number of shards (default: enough for about 100,000 cells each, at least 2 per
         worker); a shard holds whole batches
-    max_retries : times Ray runs a shard again after its worker died
+    max_retries : times Ray restarts a dead worker and runs its shard again
     overwrite : replace an existing ``out`` (otherwise an existing output is an error; an
         unfinished run of the same settings is resumed)
     sampling, runtime : the options of :func:`cellsynth.generate` as groups, or
@@ -98,7 +100,8 @@ def generate(
     ray = _require_ray()
     from cellsynth.bundle.load import load_bundle
 
-    forbidden = {"out", "shard", "resume", "overwrite", "progress", "n_cells"} & set(options)
+    forbidden = {"out", "shard", "resume", "overwrite", "progress", "on_progress", "n_cells"}
+    forbidden &= set(options)
     if forbidden:
         raise DataError(f"distributed.generate sets {sorted(forbidden)} itself; drop them")
     # Bad options and a bad bundle fail here, not in every worker.
@@ -143,12 +146,11 @@ def generate(
     manifest = _manifest(b, n_cells, plan, options)
     _start_or_resume(parts_dir, manifest, overwrite)
 
-    run_shard = ray.remote(num_cpus=cpus, num_gpus=gpus_per_worker, max_retries=max_retries)(
-        _run_shard
-    )
     todo = [p for p in plan if not (parts_dir / p["file"]).is_file()]
     done_cells = sum(p["cells"][1] - p["cells"][0] for p in plan if p not in todo)
     from tqdm.auto import tqdm
+
+    from cellsynth.generation.ray_workers import run_shards
 
     if progress:  # before the bar, so the line is not written over it
         print(
@@ -161,13 +163,11 @@ def generate(
     bar = tqdm(total=n_cells, initial=done_cells, desc="sampling on ray", unit="cell",
                disable=not progress, file=sys.stderr)  # fmt: skip
     started = time.perf_counter()
-    pending = {
-        run_shard.remote(str(b.path), n_cells, p["index"], shards, str(parts_dir / p["file"]),
-                         options): p
-        for p in todo
-    }  # fmt: skip
+    submit = {"bundle": str(b.path), "n_cells": n_cells, "shards": shards, "options": options}
+    resources = {"workers": workers, "cpus": cpus, "gpus": gpus_per_worker,
+                 "max_retries": max_retries}  # fmt: skip
     try:
-        _wait_for_shards(ray, pending, parts_dir, bar)
+        run_shards(ray, todo, submit, resources, parts_dir, bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -188,27 +188,6 @@ def _connect(ray: Any, address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
-
-
-def _wait_for_shards(ray: Any, pending: dict, parts_dir: Path, bar: Any) -> None:
-    """Wait for every shard task ({ref: shard}); the first failure cancels the others and says
-    how to resume."""
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            shard = pending.pop(ready[0])
-            try:
-                ray.get(ready[0])
-            except Exception as exc:  # a RayTaskError wraps the worker's exception
-                raise CellsynthError(
-                    f"shard {shard['index']} (cells {shard['cells'][0]}..{shard['cells'][1] - 1}) "
-                    f"failed: {_one_line(exc)}; the finished shards are kept in {parts_dir}: run "
-                    "the same command again to resume"
-                ) from exc
-            bar.update(shard["cells"][1] - shard["cells"][0])
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
 
 
 def read(path: str | os.PathLike, backed: bool = False) -> Any:
@@ -292,25 +271,6 @@ def _start_or_resume(parts_dir: Path, manifest: dict[str, Any], overwrite: bool)
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     parts_dir.mkdir(parents=True, exist_ok=True)
     _write_json(parts_dir / MANIFEST, manifest)
-
-
-def _run_shard(
-    bundle: str, n_cells: int, k: int, n: int, path: str, options: Mapping[str, Any]
-) -> int:
-    """One shard, in a Ray worker: the chunked, resumable single-process writer."""
-    import anndata as ad
-
-    import cellsynth
-
-    if Path(path).is_file():  # a retry of an attempt that died after finishing its file
-        return int(ad.read_h5ad(path, backed="r").n_obs)
-
-    adata = cellsynth.generate(
-        bundle, n_cells=n_cells, shard=(k, n), out=path, resume=True, progress=False, **options
-    )
-    rows = adata.n_obs
-    adata.file.close()
-    return rows
 
 
 # ------------------------------------------------------------------------------------ merge
@@ -424,8 +384,3 @@ def _remove_parts(parts_dir: Path) -> None:
 
 def _plain(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[-400:] if len(text) > 400 else text

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,9 @@ class OutputOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     progress: bool = True
+    # Told the cells of this run (or shard) done so far, as they are done (within a batch, after
+    # every denoising step); the Ray path's per-batch progress. Not part of the cells.
+    on_progress: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:

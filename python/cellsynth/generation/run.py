@@ -41,11 +41,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends import choose_engine, load_engine
+from cellsynth.backends import choose_engine, engine_candidates, load_engine
 from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.bundle.scale import NORMALISATION
 from cellsynth.errors import BundleError, DataError
 from cellsynth.files import check_output, remove_orphans
+from cellsynth.generation import engine_pool
 from cellsynth.generation.collect import ChunkCollector
 from cellsynth.generation.conditions import LabelRuns, assign_label_runs, composition_label_runs
 from cellsynth.generation.options import (
@@ -75,7 +76,8 @@ def generate(
     :class:`~cellsynth.generation.options.SamplingOptions` (steps .. mean), ``runtime=``
     :class:`~cellsynth.generation.options.RuntimeOptions` (weights, engine, device, precision,
     threads) and ``output=`` :class:`~cellsynth.generation.options.OutputOptions` (out, resume,
-    chunk_size, overwrite, shard, progress); a flat keyword overrides its group's field.
+    chunk_size, overwrite, shard, progress, on_progress); a flat keyword overrides its group's
+    field.
 
     Parameters
     ----------
@@ -146,6 +148,9 @@ def generate(
         raised before any work).
     progress : bool
         A progress bar and the engine line on stderr.
+    on_progress : callable, optional
+        Called with the number of this run's (or shard's) cells done so far, after every
+        denoising step of a batch (for a caller's own progress display).
 
     Returns
     -------
@@ -227,8 +232,10 @@ def run_generation(
 
     def reached(position: float) -> None:  # global cell position -> the bar's count
         bar.update(max(0, int(position) - lo - bar.n))
+        if output.on_progress is not None:
+            output.on_progress(int(position) - lo)
 
-    if output.progress:
+    if output.progress or output.on_progress is not None:
         sampler.progress = reached
     run = ChunkCollector(sampler, codes, chunks, obs, b.var, counts, provenance, reached)
     try:
@@ -237,9 +244,7 @@ def run_generation(
         return run.to_file(output, settings, len(b.genes))
     finally:
         bar.close()
-        denoiser.close()
-        if decoder is not None:
-            decoder.close()
+        engine_pool.release(denoiser, decoder)
 
 
 def _generating_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:
@@ -278,22 +283,30 @@ def _open_engines(
     """The denoiser, the decoder of a latent bundle (or None) and why this engine."""
     chosen, device = runtime.engine, runtime.device
     resumed = _resumed_engine(output.out) if chosen == "auto" and output.resume else None
-    if resumed is not None and choose_engine(b, device)[1] == "cpu":
-        # On the CPU the run being resumed measured its engine already; a new measurement could
-        # choose the other one, and every kept chunk (made by that engine) would be computed
-        # again. (On a GPU auto follows a fixed order, which chooses the same engine again.)
-        chosen, device = resumed, "cpu"
-    else:
-        resumed = None
+    if resumed is not None:
+        # The run being resumed measured its engine already; a new measurement could choose
+        # another one, and every kept chunk (made by that engine) would be computed again.
+        # (An engine this machine cannot run is measured afresh.)
+        where = choose_engine(b, device)[1]
+        if resumed in engine_candidates(b, where):
+            chosen, device = resumed, where
+        else:
+            resumed = None
     # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
-    denoiser, decoder, why = load_engine(
+    denoiser, decoder, why = engine_pool.load(
+        load_engine,
         b,
         engine=chosen,
         device=device,
         weights=runtime.weights,
         precision=runtime.precision,
         threads=runtime.threads,
-        run={"batch_size": sampling.batch_size, "steps": sampling.steps, "n_cells": n_cells},
+        run={
+            "batch_size": sampling.batch_size,
+            "steps": sampling.steps,
+            "n_cells": n_cells,
+            "guidance": sampling.guidance,
+        },
     )
     if resumed is not None:
         why = f"{resumed}, the engine of the run being resumed"
@@ -310,9 +323,7 @@ def _open_engines(
             "and counts"
         )
     if problem is not None:
-        denoiser.close()
-        if decoder is not None:
-            decoder.close()
+        engine_pool.release(denoiser, decoder)
         raise DataError(problem)
     return denoiser, decoder, why
 

@@ -1,0 +1,163 @@
+"""The Ray side of :mod:`cellsynth.generation.distributed`: shard workers that keep their engine
+loaded, and progress reported per batch.
+
+One actor per worker runs shard after shard (a Ray task per shard would open the engine for each
+one: an onnxruntime session in a fraction of a second, a TensorRT engine in much longer) inside
+:func:`cellsynth.generation.engine_pool.keep_engines`. A killed actor process is restarted by Ray
+(``max_restarts``) and the shard it was running is run again (``max_task_retries``), resuming
+from the chunks its first attempt finished. Each worker reports the cells of its shard done so
+far to a small progress actor at most every ``REPORT_S`` seconds (after every denoising step
+otherwise, far too often to send); the driver reads the total while it waits, so the one bar
+moves within batches, not only when a shard ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cellsynth.errors import CellsynthError
+
+REPORT_S = 0.5
+WAIT_S = 0.5
+
+
+class ShardWorker:
+    """A Ray actor (made remote by :func:`run_shards`) that runs shards with its engines kept."""
+
+    def __init__(self) -> None:
+        from cellsynth.generation.engine_pool import keep_engines
+
+        self._keep = keep_engines()  # held for the actor's life; its engines die with it
+        self._keep.__enter__()
+
+    def run(
+        self,
+        bundle: str,
+        n_cells: int,
+        k: int,
+        n: int,
+        path: str,
+        options: Mapping[str, Any],
+        progress: Any,
+    ) -> int:
+        """Shard ``k`` of ``n`` into ``path`` (the chunked, resumable single-process writer);
+        its cells done are sent to ``progress`` (a :class:`Progress` actor)."""
+        import anndata as ad
+
+        import cellsynth
+
+        if Path(path).is_file():  # a retry of an attempt that died after finishing its file
+            rows = int(ad.read_h5ad(path, backed="r").n_obs)
+            progress.report.remote(k, rows)
+            return rows
+        adata = cellsynth.generate(
+            bundle,
+            n_cells=n_cells,
+            shard=(k, n),
+            out=path,
+            resume=True,
+            progress=False,
+            on_progress=_throttled(lambda done: progress.report.remote(k, done)),
+            **options,
+        )
+        rows = adata.n_obs
+        adata.file.close()
+        progress.report.remote(k, rows)
+        return rows
+
+
+class Progress:
+    """A Ray actor: the most cells each shard has reported done."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, int] = {}
+
+    def report(self, shard: int, cells: int) -> None:
+        self.done[shard] = max(self.done.get(shard, 0), int(cells))
+
+    def total(self) -> int:
+        return sum(self.done.values())
+
+
+def _throttled(send: Callable[[int], Any]) -> Callable[[int], None]:
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= REPORT_S:
+            last[0] = now
+            send(done)
+
+    return report
+
+
+def run_shards(
+    ray: Any,
+    todo: list[dict[str, Any]],
+    submit: dict[str, Any],
+    resources: dict[str, Any],
+    parts_dir: Path,
+    bar: Any,
+) -> None:
+    """Run the shards of ``todo`` on ``resources['workers']`` actors, one shard at a time each,
+    moving ``bar`` (already at the cells of finished shards) as cells are done.
+
+    ``submit`` holds the arguments every shard shares (bundle, n_cells, shards, options);
+    ``resources`` the workers and each one's CPUs, GPUs and retries. The first failure stops the
+    others and says how to resume.
+    """
+    retries = resources["max_retries"]
+    worker_class = ray.remote(
+        num_cpus=resources["cpus"],
+        num_gpus=resources["gpus"],
+        max_restarts=retries,
+        max_task_retries=retries,
+    )(ShardWorker)
+    progress = ray.remote(num_cpus=0)(Progress).remote()
+    workers = [worker_class.remote() for _ in range(min(resources["workers"], len(todo)))]
+    queue, pending = list(todo), {}
+    start = bar.n
+
+    def give(worker: Any) -> None:
+        shard = queue.pop(0)
+        path = str(parts_dir / shard["file"])
+        ref = worker.run.remote(submit["bundle"], submit["n_cells"], shard["index"],
+                                submit["shards"], path, submit["options"], progress)  # fmt: skip
+        pending[ref] = (shard, worker)
+
+    try:
+        for worker in workers:
+            if queue:
+                give(worker)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+            for ref in ready:
+                shard, worker = pending.pop(ref)
+                _result(ray, ref, shard, parts_dir)
+                if queue:
+                    give(worker)
+            bar.update(max(0, start + ray.get(progress.total.remote()) - bar.n))
+    finally:
+        # Killing an actor stops the shard it is running (actor tasks cannot be force-cancelled)
+        # and frees its engine.
+        for actor in [*workers, progress]:
+            ray.kill(actor)
+
+
+def _result(ray: Any, ref: Any, shard: dict[str, Any], parts_dir: Path) -> int:
+    try:
+        return int(ray.get(ref))
+    except Exception as exc:  # a RayTaskError wraps the worker's exception
+        raise CellsynthError(
+            f"shard {shard['index']} (cells {shard['cells'][0]}..{shard['cells'][1] - 1}) "
+            f"failed: {_one_line(exc)}; the finished shards are kept in {parts_dir}: run "
+            "the same command again to resume"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[-400:] if len(text) > 400 else text
