@@ -279,13 +279,14 @@ def test_measure_interleaves_extrapolates_and_keeps_fixed_parts():
 
         return timing.Method(name, run)
 
-    fast, slow = method("fast", 0.001, 0.5), method("slow", 1.0, 0.0)
+    fast, slow = method("fast", 0.001, 0.5), method("slow", 1.0, 0.5)
     out = timing.measure([fast, slow], steps=100, budget_s=20.0, repeats=2)
     assert fast.seconds_per_step == pytest.approx(0.001)
     assert out["fast"].timed_steps == 100 and not out["fast"].extrapolated
     # 2 whole runs of 100 s do not fit 20 s: 10 steps each, scaled up, fixed part kept once.
     assert out["slow"].timed_steps == 10 and out["slow"].extrapolated
-    assert out["slow"].seconds() == pytest.approx([100.0, 100.0])
+    assert out["slow"].seconds() == pytest.approx([100.5, 100.5])
+    assert slow.first_step_s == pytest.approx(1.0)  # the cold step without the fixed part
     assert out["fast"].seconds() == pytest.approx([0.6, 0.6])
     timed = [c for c in calls[4:] if c[1] != 1]  # after the probes, without warm-up steps
     assert timed == [("fast", None), ("slow", 10), ("fast", None), ("slow", 10)]

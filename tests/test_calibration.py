@@ -89,16 +89,23 @@ def test_on_a_gpu_the_gpu_engines_are_measured(tiny_onnx_bundle, tmp_path, monke
     monkeypatch.setattr(backends, "_has_module", lambda name: True)
     monkeypatch.setattr(backends, "_ort_cuda", lambda: True)
     monkeypatch.setattr(backends, "_torch_cuda", lambda: True)
+    monkeypatch.setattr(backends, "_cuda_device_count", lambda: 1)
     assert backends.engine_candidates(bundle, "cuda:0") == ["tensorrt", "onnxruntime", "torch"]
     assert backends.engine_candidates(bundle, "cpu") == ["onnxruntime", "torch"]
     monkeypatch.setattr(backends, "_ort_cuda", lambda: False)
     assert backends.engine_candidates(bundle, "cuda:0") == ["tensorrt", "torch"]
+    # A core built without CUDA: only torch can use the GPU, as choose_engine says.
+    monkeypatch.setattr(backends, "_cuda_device_count", lambda: 0)
+    assert backends.engine_candidates(bundle, "cuda:0") == ["torch"]
+    assert backends.choose_engine(bundle, "auto")[0] == "torch"
     speeds = {"tensorrt": 2e-6, "torch": 1e-6}
-    engine, why, record, _ = _choose(bundle, speeds, batch_size=4096, device="cuda:0")
+    engine, why, record, _ = _choose(
+        bundle, speeds, batch_size=4096, n_cells=100_000, device="cuda:0"
+    )
     assert engine == "torch" and record["cells"] == calibration.GPU_CALIBRATION_CELLS
     assert why.startswith("measured fastest on this GPU: torch ")
-    # Too small a run: the fixed order's first (the default), said as not measured.
-    engine, why, _, calls = _choose(bundle, speeds, n_cells=10, device="cuda:1")
+    # Too small a run for a GPU (50,000 cell-steps): the fixed order's first, said as such.
+    engine, why, _, calls = _choose(bundle, speeds, n_cells=1000, device="cuda:1")
     assert engine == "tensorrt" and calls == [] and why.startswith("GPU, tensorrt (not measured")
 
 
@@ -196,3 +203,35 @@ def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_pa
     assert info["engine_choice"] == "torch, the engine of the run being resumed"
     assert list(info["resumed_chunks"]) == [2, 5]
     got.file.close()
+
+
+def test_resume_refuses_a_run_made_on_another_device(tiny_onnx_bundle, tmp_path, monkeypatch):
+    """Chunks made on a GPU cannot be continued on the CPU (their rounding differs): one line."""
+    import importlib
+    import json as json_module
+
+    from cellsynth.errors import DataError
+    from cellsynth.generation.chunks import RUN_FILE, chunk_dir_for
+
+    gen_module = importlib.import_module("cellsynth.generation.sampling")
+    out = tmp_path / "cells.h5ad"
+    original, calls = gen_module.ChunkSampler.chunk, {"n": 0}
+
+    def dies_after_one(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    run = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
+    with monkeypatch.context() as m:
+        m.setattr(gen_module.ChunkSampler, "chunk", dies_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            cellsynth.generate(tiny_onnx_bundle, engine="onnxruntime", device="cpu", out=out,
+                               **run)  # fmt: skip
+    run_file = chunk_dir_for(out) / RUN_FILE
+    settings = json_module.loads(run_file.read_text())
+    run_file.write_text(json_module.dumps({**settings, "device": "cuda"}))  # as a GPU run has
+    with pytest.raises(DataError, match="was made with onnxruntime on a GPU, which this run"):
+        cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", out=out, resume=True,
+                           **run)  # fmt: skip

@@ -82,7 +82,7 @@ def test_garbage_values_are_refused_not_written(
 ) -> None:
     import importlib
 
-    gen_module = importlib.import_module("cellsynth.generation.run")
+    gen_module = importlib.import_module("cellsynth.generation.open_engines")
     real_load = gen_module.load_engine
 
     def exploding(*args, **kwargs):

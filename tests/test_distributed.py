@@ -184,17 +184,17 @@ def test_small_runs_leave_no_empty_shard_and_overwrite_starts_clean(
 
 def test_kept_engines_are_reused_and_change_no_cell(tiny_onnx_bundle, monkeypatch):
     """keep_engines (what a Ray worker runs its shards in): one engine for many runs."""
-    import cellsynth.generation.run as run_module
+    import cellsynth.generation.open_engines as engines_module
     from cellsynth.generation import engine_pool
 
     opened = []
-    real = run_module.load_engine
+    real = engines_module.load_engine
 
     def counting(*args, **kwargs):
         opened.append(kwargs.get("engine"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "load_engine", counting)
+    monkeypatch.setattr(engines_module, "load_engine", counting)
     run = dict(RUN, engine="onnxruntime", device="cpu", threads=1, progress=False)
     alone = [cellsynth.generate(tiny_onnx_bundle, n_cells=24, shard=(k, 2), **run) for k in (0, 1)]
     assert len(opened) == 2
@@ -227,3 +227,16 @@ def test_progress_is_reported_within_batches(tiny_onnx_bundle):
     for done in range(100):
         report(done)
     assert sent == [0]  # at most one message per REPORT_S
+
+
+@pytest.mark.slow
+def test_workers_the_cluster_cannot_hold_get_no_shard(
+    local_ray, tiny_onnx_bundle, reference, tmp_path
+):
+    """3 one-CPU workers on 2 CPUs: the third never starts, the other two do every shard."""
+    out = distributed.generate(tiny_onnx_bundle, 200, tmp_path / "w.h5ad", workers=3, shards=5,
+                               threads=1, progress=False, **RUN)  # fmt: skip
+    _same(distributed.read(out), reference)
+    with pytest.raises(CellsynthError, match=r"asks for 1 GPU\(s\), but the Ray cluster has 0"):
+        distributed.generate(tiny_onnx_bundle, 200, tmp_path / "g.h5ad", gpus_per_worker=1,
+                             progress=False, **RUN)  # fmt: skip

@@ -237,11 +237,11 @@ def engine_candidates(bundle: Bundle, device: str) -> list[str]:
     choice first)."""
     if device == "cpu":
         usable = [("onnxruntime", _has_onnx(bundle)), ("torch", _has_module("torch"))]
-    else:
-        onnx = _has_onnx(bundle)
+    else:  # the conditions of choose_engine, in its order
+        gpu_onnx = _cuda_device_count() > 0 and _has_onnx(bundle)
         usable = [
-            ("tensorrt", onnx and _has_module("tensorrt") and not _latent(bundle)),
-            ("onnxruntime", onnx and _ort_cuda()),
+            ("tensorrt", gpu_onnx and _has_module("tensorrt") and not _latent(bundle)),
+            ("onnxruntime", gpu_onnx and _ort_cuda()),
             ("torch", _torch_cuda()),
         ]
     return [name for name, ok in usable if ok]

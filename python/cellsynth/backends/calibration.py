@@ -17,9 +17,9 @@ The result is cached (``$CELLSYNTH_CACHE_DIR``, else ``$XDG_CACHE_HOME/cellsynth
 on: bundle hash and ONNX file, machine (CPU model, cores, GPU), device, threads, batch size,
 guided or not, and library versions. It keeps the measured step times, so a run with another
 number of steps decides from the same measurement. A run too small to pay for a calibration
-(fewer than ``MIN_CALIBRATED_WORK`` cell-steps) uses the cache or, without one, the default
-engine (onnxruntime on the CPU, the first of the fixed GPU order), and says so. The cache is
-advisory: an unreadable one is ignored and rewritten.
+(fewer than ``MIN_CALIBRATED_WORK`` cell-steps, ``MIN_GPU_CALIBRATED_WORK`` on a GPU) uses the
+cache or, without one, the default engine (onnxruntime on the CPU, the first of the fixed GPU
+order), and says so. The cache is advisory: an unreadable one is ignored and rewritten.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ CALIBRATION_CELLS = 64
 GPU_CALIBRATION_CELLS = 1024
 CALIBRATION_STEPS = 3
 TIMED_CALLS = 3
-#: cells x steps below which a run uses onnxruntime uncalibrated (the calibration would cost
-#: more than it could save).
+#: cells x steps below which a run takes the default engine uncalibrated (the calibration
+#: would cost more than it could save). A GPU does a CPU's work of minutes in seconds, and its
+#: candidates take longer to open (a TensorRT build), so its threshold is higher.
 MIN_CALIBRATED_WORK = 20_000
+MIN_GPU_CALIBRATED_WORK = 2_000_000
 CACHE_FILE = "engine_calibration.json"
 CACHE_FORMAT = 2  # 2: step times of the loop, guidance and device in the key
 
@@ -85,7 +87,8 @@ def choose_by_speed(
     cached = _read_cache().get(key)
     if cached is not None and set(cached.get("seconds_per_step", {})) == set(candidates):
         return _decide(cached["seconds_per_step"], cached["cells"], steps, threads, where, True)
-    if n_cells * steps < MIN_CALIBRATED_WORK:
+    threshold = MIN_GPU_CALIBRATED_WORK if where == "GPU" else MIN_CALIBRATED_WORK
+    if n_cells * steps < threshold:
         engine = candidates[0]
         record = {
             "engine": engine,
@@ -177,8 +180,8 @@ def _seconds_per_step(
         null = np.ascontiguousarray(np.broadcast_to(sizes, labels.shape))
         steps = len(sched.timesteps)
 
-        def loop() -> None:
-            denoiser.denoise(sched, x_T, labels, null, guidance, 0, {})
+        def loop() -> None:  # from a fresh x_T: a CPU loop may step its input in place
+            denoiser.denoise(sched, x_T.copy(), labels, null, guidance, 0, {})
 
         seconds = {"denoise": _median_seconds(loop) / steps}
         if decoder is not None:  # a latent bundle's width is its decoder's input width
@@ -222,7 +225,7 @@ def _key(
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "device": device,
-        "gpu": gpu_name() if gpu else None,
+        "gpu": gpu_name(int(device.partition(":")[2] or 0)) if gpu else None,
         "threads": threads,
         "batch": int(batch_size),
         "guided": bool(guided),

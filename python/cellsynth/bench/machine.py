@@ -36,13 +36,14 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
     return out
 
 
-def gpu_name() -> str | None:
-    """The first CUDA device the core sees, or None (no GPU, or a core built without CUDA)."""
+def gpu_name(index: int = 0) -> str | None:
+    """CUDA device ``index`` as the core sees it, or None (no such GPU, or a core built without
+    CUDA)."""
     try:
         from cellsynth import _core
 
-        if _core.cuda_compiled and _core.cuda_device_count() > 0:
-            return str(_core.cuda_device_name(0))
+        if _core.cuda_compiled and _core.cuda_device_count() > index:
+            return str(_core.cuda_device_name(index))
     except Exception:  # a broken driver must not stop a CPU benchmark
         return None
     return None

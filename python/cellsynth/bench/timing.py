@@ -53,7 +53,7 @@ class Method:
     run: Callable[[int, int | None], Parts | None]
     unavailable: str | None = None  # why it cannot run here (said in its row)
     seconds_per_step: float = float("nan")  # set by probe()
-    first_step_s: float = float("nan")  # the untimed warm-up step of probe(): a cold step
+    first_step_s: float = float("nan")  # probe()'s untimed cold step (without fixed parts)
 
 
 @dataclass
@@ -95,7 +95,8 @@ def _timed(method: Method, steps: int, limit: int | None) -> dict[str, Any]:
 
 def probe(method: Method, steps: int) -> float:
     """Seconds per step of ``method``: one untimed (cold) step, then ``MIN_TIMED_STEPS``."""
-    method.first_step_s = _timed(method, steps, 1)["seconds"]
+    cold = _timed(method, steps, 1)
+    method.first_step_s = cold["seconds"] - (cold.get("fixed_s") or 0.0)
     k = min(MIN_TIMED_STEPS, steps)
     run = _timed(method, steps, k)
     method.seconds_per_step = (run["seconds"] - (run.get("fixed_s") or 0.0)) / k

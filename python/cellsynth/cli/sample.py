@@ -99,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="run the shards as Ray tasks (pip install 'cellsynth[ray]'): on a local Ray "
+        help="run the shards on Ray workers (pip install 'cellsynth[ray]'): on a local Ray "
         "cluster, or the one at ADDRESS ('auto', 'ray://host:10001'); the cells are the same as "
         "one process's. --out: an .h5ad (shards merged) or a directory (shard files and "
         "manifest.json); running the same command again resumes",
@@ -108,7 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, help="with --ray: shards at once (default: the cluster's CPUs)"
     )
     p.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs each shard reserves"
+        "--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs each worker reserves"
     )
     p.add_argument(
         "--shards", type=int, help="with --ray: number of shards (default: ~100,000 cells each)"

@@ -49,7 +49,8 @@ from cellsynth.generation.options import (
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cellsynth-shards"
 #: Cells per shard when the number of shards is not given: small enough that a retry costs
-#: little, large enough that per-task start-up (loading the engine) is negligible.
+#: little and the bar of finished shards moves, large enough that per-shard work (a file, its
+#: chunk folder, the merge) is negligible.
 SHARD_CELLS = 100_000
 MERGE_ROWS = 8192
 
@@ -81,11 +82,12 @@ def generate(
     out : ``*.h5ad`` (one merged file) or a directory (shard files and manifest.json)
     address : Ray address of an existing cluster ('auto', 'ray://host:10001', ...); None starts
         (or joins, if one is running in this process) a local one
-    workers : shards run at once (default: the cluster's CPUs / threads per worker)
-    gpus_per_worker : GPUs each task reserves (fractions share one GPU)
+    workers : shards run at once, one Ray actor each (default: the cluster's CPUs / threads per
+        worker, and no more than its GPUs / ``gpus_per_worker``)
+    gpus_per_worker : GPUs each worker reserves for the whole run (fractions share one GPU)
     shards : number of shards (default: enough for about 100,000 cells each, at least 2 per
         worker); a shard holds whole batches
-    max_retries : times Ray restarts a dead worker and runs its shard again
+    max_retries : times a shard is run again after its worker died (Ray restarts the worker)
     overwrite : replace an existing ``out`` (otherwise an existing output is an error; an
         unfinished run of the same settings is resumed)
     sampling, runtime : the options of :func:`cellsynth.generate` as groups, or
@@ -120,14 +122,8 @@ def generate(
     if overwrite and parts_dir.exists() and merged:
         _remove_parts(parts_dir)
     _connect(ray, address)
-    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-    threads = options.get("threads")
-    if workers is None:
-        workers = max(1, cluster_cpus // int(threads or 1)) if threads else cluster_cpus
-    if workers < 1:
-        raise DataError(f"workers must be >= 1, got {workers}")
-    cpus = max(1, cluster_cpus // workers)
-    options = {**options, "threads": int(threads or cpus)}
+    workers, cpus = _workers(ray, workers, options.get("threads"), gpus_per_worker)
+    options = {**options, "threads": int(options.get("threads") or cpus)}
     if options.get("engine", "auto") == "auto":
         # Chosen once here, so that every shard runs the same engine (the cells are the
         # engine's): a per-shard measurement, with the other shards busy on the same cores,
@@ -178,6 +174,28 @@ def generate(
         _merge(parts_dir, manifest, out, overwrite)
         _remove_parts(parts_dir)
     return out
+
+
+def _workers(
+    ray: Any, workers: int | None, threads: int | None, gpus_per_worker: float
+) -> tuple[int, int]:
+    """(workers, CPUs each): by default as many as the cluster's CPUs hold at ``threads`` each
+    and, with GPUs asked for, no more than its GPUs hold (one that fits nowhere waits for ever)."""
+    resources = ray.cluster_resources()
+    cluster_cpus = int(resources.get("CPU", 1))
+    if workers is None:
+        workers = max(1, cluster_cpus // int(threads or 1)) if threads else cluster_cpus
+        if gpus_per_worker > 0:
+            cluster_gpus = float(resources.get("GPU", 0))
+            if cluster_gpus < gpus_per_worker:
+                raise DataError(
+                    f"each worker asks for {gpus_per_worker:g} GPU(s), but the Ray cluster has "
+                    f"{cluster_gpus:g}"
+                )
+            workers = min(workers, int(cluster_gpus // gpus_per_worker))
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
+    return workers, max(1, cluster_cpus // workers)
 
 
 def _connect(ray: Any, address: str | None) -> None:

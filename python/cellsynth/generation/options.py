@@ -114,8 +114,8 @@ class OutputOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     progress: bool = True
-    # Told the cells of this run (or shard) done so far, as they are done (within a batch, after
-    # every denoising step); the Ray path's per-batch progress. Not part of the cells.
+    # Told the cells of this run (or shard) done so far, as they are done (after every denoising
+    # step, or once per batch on a GPU engine); the Ray path's progress. Not part of the cells.
     on_progress: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
@@ -156,5 +156,5 @@ def group_options(
 
 
 def flat_options(*groups: Any) -> dict[str, Any]:
-    """The groups as the flat keywords of :func:`cellsynth.generate` (for Ray tasks, manifests)."""
+    """The groups as the flat keywords of :func:`cellsynth.generate` (Ray workers, manifests)."""
     return {f.name: getattr(g, f.name) for g in groups for f in dataclasses.fields(g)}

@@ -13,6 +13,7 @@ moves within batches, not only when a shard ends.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,8 @@ from cellsynth.errors import CellsynthError
 
 REPORT_S = 0.5
 WAIT_S = 0.5
+#: Seconds without any worker started after which the driver says the cluster may be too small.
+START_WARNING_S = 60.0
 
 
 class ShardWorker:
@@ -32,6 +35,10 @@ class ShardWorker:
 
         self._keep = keep_engines()  # held for the actor's life; its engines die with it
         self._keep.__enter__()
+
+    def ready(self) -> bool:
+        """Answers once the actor runs: only then is it given a shard."""
+        return True
 
     def run(
         self,
@@ -102,24 +109,26 @@ def run_shards(
     parts_dir: Path,
     bar: Any,
 ) -> None:
-    """Run the shards of ``todo`` on ``resources['workers']`` actors, one shard at a time each,
-    moving ``bar`` (already at the cells of finished shards) as cells are done.
+    """Run the shards of ``todo`` on up to ``resources['workers']`` actors, one shard at a time
+    each, moving ``bar`` (already at the cells of finished shards) as cells are done.
 
     ``submit`` holds the arguments every shard shares (bundle, n_cells, shards, options);
-    ``resources`` the workers and each one's CPUs, GPUs and retries. The first failure stops the
-    others and says how to resume.
+    ``resources`` the workers and each one's CPUs, GPUs and retries. A worker is given a shard
+    only once it has started, so a worker the cluster has no room for never holds one (the
+    others do all the shards). The first failure stops the others and says how to resume.
     """
-    retries = resources["max_retries"]
     worker_class = ray.remote(
         num_cpus=resources["cpus"],
         num_gpus=resources["gpus"],
-        max_restarts=retries,
-        max_task_retries=retries,
+        max_restarts=-1,  # a dead worker is always restarted; its shard is rerun max_retries times
+        max_task_retries=resources["max_retries"],
     )(ShardWorker)
-    progress = ray.remote(num_cpus=0)(Progress).remote()
+    # The bar is cosmetic: its actor is restarted wherever Ray likes and never fails the run.
+    progress = ray.remote(num_cpus=0, max_restarts=-1)(Progress).remote()
     workers = [worker_class.remote() for _ in range(min(resources["workers"], len(todo)))]
+    starting = {w.ready.remote(): w for w in workers}
     queue, pending = list(todo), {}
-    start = bar.n
+    start, finished, asked = bar.n, 0, time.monotonic()
 
     def give(worker: Any) -> None:
         shard = queue.pop(0)
@@ -129,22 +138,56 @@ def run_shards(
         pending[ref] = (shard, worker)
 
     try:
-        for worker in workers:
-            if queue:
-                give(worker)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+        while pending or queue:
+            waiting = [*pending, *starting]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_S)
             for ref in ready:
-                shard, worker = pending.pop(ref)
-                _result(ray, ref, shard, parts_dir)
+                if ref in starting:
+                    worker = starting.pop(ref)
+                    _started(ray, ref)
+                else:
+                    shard, worker = pending.pop(ref)
+                    cells = _result(ray, ref, shard, parts_dir)
+                    finished += cells
+                    progress.report.remote(shard["index"], cells)  # ordered before total()
                 if queue:
                     give(worker)
-            bar.update(max(0, start + ray.get(progress.total.remote()) - bar.n))
+            if pending:
+                asked = None
+            elif asked is not None and time.monotonic() - asked > START_WARNING_S:
+                _say_no_worker(resources)
+                asked = None
+            bar.update(max(0, start + _total(ray, progress, finished) - bar.n))
     finally:
         # Killing an actor stops the shard it is running (actor tasks cannot be force-cancelled)
         # and frees its engine.
         for actor in [*workers, progress]:
             ray.kill(actor)
+
+
+def _started(ray: Any, ref: Any) -> None:
+    try:
+        ray.get(ref)
+    except Exception as exc:
+        raise CellsynthError(f"a Ray worker failed to start: {_one_line(exc)}") from exc
+
+
+def _total(ray: Any, progress: Any, finished: int) -> int:
+    """Cells done as the workers reported them (at least those of finished shards)."""
+    try:
+        return max(finished, int(ray.get(progress.total.remote(), timeout=10)))
+    except Exception:  # the progress actor lost or restarting: count finished shards
+        return finished
+
+
+def _say_no_worker(resources: dict[str, Any]) -> None:
+    print(
+        f"cellsynth: no Ray worker has started after {START_WARNING_S:.0f} s: the cluster may "
+        f"not have the {resources['cpus']} CPU(s) and {resources['gpus']:g} GPU(s) one worker "
+        "reserves (see `ray status`); still waiting",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _result(ray: Any, ref: Any, shard: dict[str, Any], parts_dir: Path) -> int:

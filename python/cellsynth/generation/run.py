@@ -41,7 +41,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cellsynth._version import __version__
-from cellsynth.backends import choose_engine, engine_candidates, load_engine
 from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.bundle.scale import NORMALISATION
 from cellsynth.errors import BundleError, DataError
@@ -49,6 +48,7 @@ from cellsynth.files import check_output, remove_orphans
 from cellsynth.generation import engine_pool
 from cellsynth.generation.collect import ChunkCollector
 from cellsynth.generation.conditions import LabelRuns, assign_label_runs, composition_label_runs
+from cellsynth.generation.open_engines import open_engines
 from cellsynth.generation.options import (
     OutputOptions,
     RuntimeOptions,
@@ -150,7 +150,8 @@ def generate(
         A progress bar and the engine line on stderr.
     on_progress : callable, optional
         Called with the number of this run's (or shard's) cells done so far, after every
-        denoising step of a batch (for a caller's own progress display).
+        denoising step of a batch (once per batch on a GPU engine), for a caller's own progress
+        display.
 
     Returns
     -------
@@ -175,7 +176,7 @@ def run_generation(
     runtime: RuntimeOptions,
     output: OutputOptions,
 ) -> anndata.AnnData:
-    """:func:`generate` with its options grouped (what the CLI and the Ray tasks call)."""
+    """:func:`generate` with its options grouped (what the CLI and the Ray workers call)."""
     b = _generating_bundle(bundle)
     sampling.check_for(b)
     if n_cells < 1:
@@ -187,7 +188,26 @@ def run_generation(
 
         _core.set_num_threads(runtime.threads)  # the C++ loops too: threads means the whole run
     codes = _labels(b, n_cells, sampling)  # runs over all shards' cells
-    denoiser, decoder, why = _open_engines(b, sampling, runtime, output, hi - lo)
+    engines = open_engines(b, sampling, runtime, output, hi - lo)
+    try:  # the engines are closed (or kept by engine_pool) whatever happens from here on
+        return _sample(b, n_cells, codes, (lo, hi), chunk_size, engines, sampling, runtime, output)
+    finally:
+        engine_pool.release(engines[0], engines[1])
+
+
+def _sample(
+    b: Bundle,
+    n_cells: int,
+    codes: LabelRuns,
+    cells: tuple[int, int],
+    chunk_size: int,
+    engines: tuple[Any, Any, str],
+    sampling: SamplingOptions,
+    runtime: RuntimeOptions,
+    output: OutputOptions,
+) -> anndata.AnnData:
+    """The run with its engines open: settings, provenance and obs, then the chunks."""
+    (lo, hi), (denoiser, decoder, why) = cells, engines
     count_model = decoder is not None and decoder.counts
     counts = bool(sampling.counts or count_model) and not sampling.mean
     if output.progress:
@@ -216,6 +236,8 @@ def run_generation(
         "mean": bool(sampling.mean),
         "chunk_size": int(chunk_size),
     }
+    if denoiser.device != "cpu":  # a GPU's cells differ in rounding (absent on the CPU, as before)
+        settings["device"] = "cuda"
     provenance = _provenance(b, settings, sampling, output, (lo, hi), why, denoiser, decoder)
     provenance["output"] = _output_kind(count_model, sampling.mean, counts)
     obs = _obs(b, codes[lo:hi], lo)
@@ -244,7 +266,6 @@ def run_generation(
         return run.to_file(output, settings, len(b.genes))
     finally:
         bar.close()
-        engine_pool.release(denoiser, decoder)
 
 
 def _generating_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:
@@ -271,61 +292,6 @@ def _prepare_output(output: OutputOptions, batch_size: int) -> int:
             file=sys.stderr,
         )
     return chunk_size
-
-
-def _open_engines(
-    b: Bundle,
-    sampling: SamplingOptions,
-    runtime: RuntimeOptions,
-    output: OutputOptions,
-    n_cells: int,
-) -> tuple[Any, Any, str]:
-    """The denoiser, the decoder of a latent bundle (or None) and why this engine."""
-    chosen, device = runtime.engine, runtime.device
-    resumed = _resumed_engine(output.out) if chosen == "auto" and output.resume else None
-    if resumed is not None:
-        # The run being resumed measured its engine already; a new measurement could choose
-        # another one, and every kept chunk (made by that engine) would be computed again.
-        # (An engine this machine cannot run is measured afresh.)
-        where = choose_engine(b, device)[1]
-        if resumed in engine_candidates(b, where):
-            chosen, device = resumed, where
-        else:
-            resumed = None
-    # Latent diffusion ends with the autoencoder's decoder, on the denoiser's kind of engine.
-    denoiser, decoder, why = engine_pool.load(
-        load_engine,
-        b,
-        engine=chosen,
-        device=device,
-        weights=runtime.weights,
-        precision=runtime.precision,
-        threads=runtime.threads,
-        run={
-            "batch_size": sampling.batch_size,
-            "steps": sampling.steps,
-            "n_cells": n_cells,
-            "guidance": sampling.guidance,
-        },
-    )
-    if resumed is not None:
-        why = f"{resumed}, the engine of the run being resumed"
-    count_model = decoder is not None and decoder.counts
-    problem = None
-    if sampling.mean and not count_model:
-        problem = (
-            "mean applies to count models (a latent bundle on a negative-binomial "
-            f"autoencoder); {b.name} writes expression directly"
-        )
-    elif sampling.mean and sampling.counts:
-        problem = (
-            "mean writes the expected expression, which has no counts: ask for one of mean "
-            "and counts"
-        )
-    if problem is not None:
-        engine_pool.release(denoiser, decoder)
-        raise DataError(problem)
-    return denoiser, decoder, why
 
 
 def _provenance(
@@ -364,16 +330,6 @@ def _provenance(
     }
     del provenance["labels_sha"]
     return _without_none(provenance)  # .h5ad cannot store None
-
-
-def _resumed_engine(out: str | os.PathLike | None) -> str | None:
-    """The engine an interrupted run into ``out`` used (None without one)."""
-    from cellsynth.backends import ENGINES
-    from cellsynth.generation.chunks import started_settings
-
-    settings = started_settings(out) if out is not None else None
-    engine = (settings or {}).get("engine")
-    return engine if engine in ENGINES else None
 
 
 def _labels(b: Bundle, n_cells: int, sampling: SamplingOptions) -> LabelRuns:
