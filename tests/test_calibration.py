@@ -177,27 +177,34 @@ def test_step_threads_are_restored():
     assert _core.get_num_threads() == before
 
 
-def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_path, monkeypatch):
-    """A resumed auto run uses the engine its kept chunks were made with, not a new measurement."""
+RESUMABLE = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
+
+
+def _interrupted(bundle, out, engine: str, chunks: int, monkeypatch) -> None:
+    """A run into ``out`` on ``engine`` (CPU) stopped after ``chunks`` of its 5 chunks."""
     import importlib
 
     gen_module = importlib.import_module("cellsynth.generation.sampling")
-    out = tmp_path / "cells.h5ad"
     original, calls = gen_module.ChunkSampler.chunk, {"n": 0}
 
-    def dies_after_two(self, *args, **kwargs):
+    def dies(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > chunks:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    run = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
     with monkeypatch.context() as m:
-        m.setattr(gen_module.ChunkSampler, "chunk", dies_after_two)
+        m.setattr(gen_module.ChunkSampler, "chunk", dies)
         with pytest.raises(KeyboardInterrupt):
-            cellsynth.generate(tiny_onnx_bundle, engine="torch", device="cpu", out=out, **run)
+            cellsynth.generate(bundle, engine=engine, device="cpu", out=out, **RESUMABLE)
+
+
+def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_path, monkeypatch):
+    """A resumed auto run uses the engine its kept chunks were made with, not a new measurement."""
+    out = tmp_path / "cells.h5ad"
+    _interrupted(tiny_onnx_bundle, out, "torch", 2, monkeypatch)
     got = cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", out=out, resume=True,
-                             **run)  # fmt: skip
+                             **RESUMABLE)  # fmt: skip
     info = got.uns["cellsynth"]
     assert info["engine"] == "torch"
     assert info["engine_choice"] == "torch, the engine of the run being resumed"
@@ -207,31 +214,16 @@ def test_resume_keeps_the_engine_of_the_interrupted_run(tiny_onnx_bundle, tmp_pa
 
 def test_resume_refuses_a_run_made_on_another_device(tiny_onnx_bundle, tmp_path, monkeypatch):
     """Chunks made on a GPU cannot be continued on the CPU (their rounding differs): one line."""
-    import importlib
     import json as json_module
 
     from cellsynth.errors import DataError
     from cellsynth.generation.chunks import RUN_FILE, chunk_dir_for
 
-    gen_module = importlib.import_module("cellsynth.generation.sampling")
     out = tmp_path / "cells.h5ad"
-    original, calls = gen_module.ChunkSampler.chunk, {"n": 0}
-
-    def dies_after_one(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    run = dict(n_cells=40, steps=5, batch_size=8, chunk_size=8, progress=False, threads=1)
-    with monkeypatch.context() as m:
-        m.setattr(gen_module.ChunkSampler, "chunk", dies_after_one)
-        with pytest.raises(KeyboardInterrupt):
-            cellsynth.generate(tiny_onnx_bundle, engine="onnxruntime", device="cpu", out=out,
-                               **run)  # fmt: skip
+    _interrupted(tiny_onnx_bundle, out, "onnxruntime", 1, monkeypatch)
     run_file = chunk_dir_for(out) / RUN_FILE
     settings = json_module.loads(run_file.read_text())
     run_file.write_text(json_module.dumps({**settings, "device": "cuda"}))  # as a GPU run has
     with pytest.raises(DataError, match="was made with onnxruntime on a GPU, which this run"):
         cellsynth.generate(tiny_onnx_bundle, engine="auto", device="cpu", out=out, resume=True,
-                           **run)  # fmt: skip
+                           **RESUMABLE)  # fmt: skip
