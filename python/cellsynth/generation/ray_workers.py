@@ -51,15 +51,14 @@ class ShardWorker:
         progress: Any,
     ) -> int:
         """Shard ``k`` of ``n`` into ``path`` (the chunked, resumable single-process writer);
-        its cells done are sent to ``progress`` (a :class:`Progress` actor)."""
+        its cells done so far are sent to ``progress`` (a :class:`Progress` actor) while it
+        runs; the driver reports the finished shard itself."""
         import anndata as ad
 
         import cellsynth
 
         if Path(path).is_file():  # a retry of an attempt that died after finishing its file
-            rows = int(ad.read_h5ad(path, backed="r").n_obs)
-            progress.report.remote(k, rows)
-            return rows
+            return int(ad.read_h5ad(path, backed="r").n_obs)
         adata = cellsynth.generate(
             bundle,
             n_cells=n_cells,
@@ -72,7 +71,6 @@ class ShardWorker:
         )
         rows = adata.n_obs
         adata.file.close()
-        progress.report.remote(k, rows)
         return rows
 
 
