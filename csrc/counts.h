@@ -95,6 +95,8 @@ struct CountStream {
   uint32_t j = 0;        // the next draw
   uint32_t w[4] = {0u, 0u, 0u, 0u};
 
+  bool first_block_given = false;  // w holds block 0 already (computed by the caller)
+
   CELLSYNTH_HD CountStream(uint64_t seed, uint64_t cell, uint32_t gene)
       : k0(static_cast<uint32_t>(seed)),
         k1(static_cast<uint32_t>(seed >> 32)),
@@ -102,9 +104,21 @@ struct CountStream {
         c2(static_cast<uint32_t>(cell)),
         c3(static_cast<uint32_t>(cell >> 32)) {}
 
+  // The same stream with its block 0 computed by the caller: the CPU loop computes the first
+  // blocks of many genes in one vectorised pass (most counts need no other block).
+  CELLSYNTH_HD CountStream(uint64_t seed, uint64_t cell, uint32_t gene, uint32_t w0, uint32_t w1,
+                           uint32_t w2, uint32_t w3)
+      : CountStream(seed, cell, gene) {
+    w[0] = w0;
+    w[1] = w1;
+    w[2] = w2;
+    w[3] = w3;
+    first_block_given = true;
+  }
+
   CELLSYNTH_HD double next() {
     const uint32_t half = j & 1u;
-    if (half == 0u) {
+    if (half == 0u && !(j == 0u && first_block_given)) {
       const Philox4 r = philox4x32_10(c0, kCountStreamBit | (j >> 1), c2, c3, k0, k1);
       w[0] = r.v[0];
       w[1] = r.v[1];
@@ -227,18 +241,17 @@ CELLSYNTH_HD double nb_inversion(double mean, double theta, CountStream& s) {
   return k;
 }
 
-// One count of (mean, theta, zero_prob) for (seed, cell, gene); zero_prob < 0 means "no zero
-// inflation" (no u_0 drawn). Inputs outside their domain (mean not finite or < 0, theta NaN or
-// <= 0, zero_prob > 1 or NaN) give kInvalidCount: the sampler never loops on NaN.
-CELLSYNTH_HD int32_t sample_count(double mean, double theta, double zero_prob, uint64_t seed,
-                                  uint64_t cell, uint32_t gene) {
+// One count of (mean, theta, zero_prob) from the stream s of (seed, cell, gene); zero_prob < 0
+// means "no zero inflation" (no u_0 drawn). Inputs outside their domain (mean not finite or < 0,
+// theta NaN or <= 0, zero_prob > 1 or NaN) give kInvalidCount: the sampler never loops on NaN.
+CELLSYNTH_HD int32_t sample_count_from(double mean, double theta, double zero_prob,
+                                       CountStream& s) {
   using namespace counts_detail;
   const bool inflated = !(zero_prob < 0.0);  // NaN counts as given (and is then rejected)
   if (!(mean >= 0.0 && mean <= kDoubleMax) || !(theta > 0.0) ||
       (inflated && !(zero_prob <= 1.0))) {
     return kInvalidCount;
   }
-  CountStream s(seed, cell, gene);
   if (inflated && s.next() < zero_prob) return 0;
   if (mean == 0.0) return 0;
   if (theta <= kDoubleMax && mean < kNbInversionLimit) {
@@ -249,6 +262,13 @@ CELLSYNTH_HD int32_t sample_count(double mean, double theta, double zero_prob, u
   if (lambda >= kCapLambda) return kMaxCount;
   const double k = poisson_variate(lambda, s);
   return k >= static_cast<double>(kMaxCount) ? kMaxCount : static_cast<int32_t>(k);
+}
+
+// sample_count_from on the stream of (seed, cell, gene).
+CELLSYNTH_HD int32_t sample_count(double mean, double theta, double zero_prob, uint64_t seed,
+                                  uint64_t cell, uint32_t gene) {
+  CountStream s(seed, cell, gene);
+  return sample_count_from(mean, theta, zero_prob, s);
 }
 
 // The CPU entry (counts.cpp), on C-contiguous host arrays: out[i, g] = the count of

@@ -73,6 +73,17 @@ def test_counts_equal_the_reference(case, seed, cell_offset, zero_inflated) -> N
     assert (got[mean == 0] == 0).all()
 
 
+@pytest.mark.parametrize("zero_inflated", [False, True])
+def test_counts_across_gene_tiles_equal_the_reference(zero_inflated) -> None:
+    """The CPU loop takes the genes in tiles (first Philox blocks and zero decisions vectorised):
+    a row longer than two tiles, with a ragged last one, is the reference too."""
+    rng = np.random.default_rng(77 + zero_inflated)
+    mean, theta, zp = random_inputs(rng, 3, 700, zero_inflated)
+    mean[:, ::3] = (10.0 ** rng.uniform(-6, 0, (3, 234))).astype(np.float32)  # many fast zeros
+    got = sample_counts(mean, theta, 2**33 + 9, 41, zp)
+    np.testing.assert_array_equal(got, ref.sample_counts(mean, theta, 2**33 + 9, 41, zp))
+
+
 def test_extreme_parameters_equal_the_reference() -> None:
     """Tiny and huge means and dispersions, and both caps (PTRS above 2^31 - 1; lambda >= 2^32)."""
     mean = np.array(
