@@ -90,6 +90,7 @@ from cellsynth.bench import timing
 from cellsynth.bundle.format import SHIPPED_DIR
 from cellsynth.bundle.load import Bundle, load_bundle
 from cellsynth.generation.conditions import assign_labels
+from cellsynth.generation.depth import depth_conditioning
 from cellsynth.scheduler import scheduler_for_bundle
 
 T_TRAIN = 1000
@@ -211,8 +212,11 @@ def gemm_gflops(m: int, k: int, n: int, repeats: int = 5) -> float:
 
 
 def benchmark_labels(bundle: Bundle, n_cells: int, seed: int = 0) -> np.ndarray:
-    """Label codes int64 [n, K]: the draw ``cellsynth.generate`` makes with no conditions."""
-    return assign_labels(bundle.labels, n_cells, None, seed=seed)
+    """The model's label input int64 [n, K] (+ a depth-conditioned model's depth bins): the draw
+    ``cellsynth.generate`` makes with no conditions."""
+    codes = assign_labels(bundle.labels, n_cells, None, seed=seed)
+    depth = depth_conditioning(bundle.config)
+    return codes if depth is None else depth.draw(codes, seed, 0)[1]
 
 
 def initial_noise(bundle: Bundle, n_cells: int, seed: int = 0) -> np.ndarray:
@@ -402,7 +406,7 @@ def cellsynth_partial(
     """The loop ``cellsynth.generate`` runs (per batch: x_T, ``Denoiser.denoise`` with the C++
     DDIM), over only the first ``limit`` timesteps of the ``steps``-step schedule (timing)."""
     labels = benchmark_labels(bundle, n_cells, seed)
-    null = np.asarray(bundle.labels.sizes, dtype=np.int64)
+    null = np.asarray(bundle.model_label_sizes, dtype=np.int64)
     sched = scheduler_for_bundle(
         bundle, "ddim", timestep_spacing="leading", truncate_final=True, seed=seed
     )

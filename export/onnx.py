@@ -513,14 +513,21 @@ def _quiet() -> Iterator[io.StringIO]:
         log.setLevel(level)
 
 
+def _label_columns(bundle: Bundle) -> list[str]:
+    """Names of the label input's columns: the bundle's label keys, then a depth-conditioned
+    model's depth bin (drawn by generation, never named by the user)."""
+    depth = ["depth bin"] if len(bundle.model_label_sizes) > len(bundle.labels.keys) else []
+    return list(bundle.labels.keys) + depth
+
+
 def _export_graph(module: torch.nn.Module, path: Path, bundle: Bundle, opset: int) -> None:
     """torch.onnx.export with a dynamic batch dimension, saved as one file at ``path``."""
-    G, K = bundle.width, len(bundle.labels.keys)
+    G, K = bundle.width, len(bundle.model_label_sizes)
     B = _EXAMPLE_BATCH
     example = (
         torch.zeros(B, G),
         torch.zeros(B, dtype=torch.int64),
-        torch.tensor([bundle.labels.sizes] * B, dtype=torch.int64).reshape(B, K),
+        torch.tensor([bundle.model_label_sizes] * B, dtype=torch.int64).reshape(B, K),
     )
     _export_module(module, example, list(INPUT_NAMES), OUTPUT_NAME, path, opset, "the denoiser")
 
@@ -570,7 +577,7 @@ def _write_metadata(path: Path, bundle: Bundle, weights: str, precision: str, op
         "kind": bundle.kind,
         "n_genes": str(bundle.width),
         "label_keys": json.dumps(bundle.labels.keys),
-        "label_sizes": json.dumps(bundle.labels.sizes),
+        "label_sizes": json.dumps(bundle.model_label_sizes),
         "prediction_type": bundle.prediction_type,
         "weights": weights,
         "precision": precision,
@@ -657,7 +664,7 @@ def _entry(
     report: dict[str, Any],
     fidelity: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    G, K = bundle.width, len(bundle.labels.keys)
+    G, K = bundle.width, len(bundle.model_label_sizes)
     entry = {
         "precision": precision,
         "weights": weights,
@@ -666,7 +673,7 @@ def _entry(
         "inputs": {
             "x_t": {"dtype": "float32", "shape": ["batch", G]},
             "timestep": {"dtype": "int64", "shape": ["batch"]},
-            "labels": {"dtype": "int64", "shape": ["batch", K], "keys": bundle.labels.keys},
+            "labels": {"dtype": "int64", "shape": ["batch", K], "keys": _label_columns(bundle)},
         },
         "outputs": {"model_output": {"dtype": "float32", "shape": ["batch", G]}},
         "size_bytes": path.stat().st_size,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import CellsynthError
+from cellsynth.generation.depth import depth_conditioning
 
 FP32_TOLERANCE = 1e-4
 SCALE_FLOOR = 1e-6
@@ -152,7 +153,7 @@ def random_cases(bundle: Any, batch_sizes: Sequence[int], seed: int) -> list[Cas
     """Random batches of each size, plus 64 synthetic zero-negated cells (for a latent denoiser:
     64 random codes of its scale) noised to random t."""
     rng = np.random.default_rng(seed)
-    G, T, sizes = bundle.width, bundle.schedule.num_train_timesteps, bundle.labels.sizes
+    G, T, sizes = bundle.width, bundle.schedule.num_train_timesteps, bundle.model_label_sizes
     cases: list[Case] = []
     for b in batch_sizes:
         x = rng.standard_normal((b, G), dtype=np.float32)
@@ -266,7 +267,7 @@ def real_cell_case(bundle: Any, expression: np.ndarray, source: str, seed: int) 
         x0 = zero_negate(expression, bundle.zero_value)
         name = f"real cells ({source}, {len(x0)})"
     x, t = _noised(bundle, np.ascontiguousarray(x0, dtype=np.float32), rng)
-    labels = _random_labels(rng, bundle.labels.sizes, len(x))
+    labels = _random_labels(rng, bundle.model_label_sizes, len(x))
     return (name, x, t, labels)
 
 
@@ -333,11 +334,12 @@ def training_labels(bundle: Any, n: int, seed: int) -> np.ndarray:
     """Codes [n, K] drawn from the training label combinations, weighted by their counts."""
     spec = bundle.labels
     if not spec.keys or not spec.combinations:
-        return _random_labels(np.random.default_rng(seed), spec.sizes, n)
+        return _random_labels(np.random.default_rng(seed), bundle.model_label_sizes, n)
     codes = np.array([c for c, _ in spec.combinations], dtype=np.int64)  # [C, K]
     counts = np.array([k for _, k in spec.combinations], dtype=np.float64)
     pick = np.random.default_rng(seed).choice(len(codes), n, p=counts / counts.sum())
-    return codes[pick]
+    depth = depth_conditioning(bundle.config)
+    return codes[pick] if depth is None else depth.draw(codes[pick], seed, 0)[1]  # [n, K (+1)]
 
 
 def trajectory_report(

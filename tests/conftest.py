@@ -144,6 +144,23 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle_without_depth(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny bundle's model without depth conditioning (``depth_bins=0``), as bundles written
+    before it have: labels are only the user's."""
+    from cellsynth.training.train_dit import train_dit_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-no-depth"
+    return train_dit_bundle(
+        make_toy_adata(n_cells=240, n_genes=150),
+        ["cell_type", "batch"],
+        out,
+        n_top_genes=100,
+        depth_bins=0,
+        **TINY_TRAINING,
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx_bundle(tiny_bundle, tmp_path_factory):
     """A copy of the tiny bundle with its fp32 ONNX export (for backend tests)."""
     import shutil

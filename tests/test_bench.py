@@ -252,8 +252,8 @@ def test_the_timer_hook_splits_the_loop_and_changes_no_cell(tiny_onnx_bundle):
 
     b = load_bundle(tiny_onnx_bundle)
     denoiser, _ = load_denoiser(b, "onnxruntime", "cpu", threads=1)
-    labels = np.zeros((6, len(b.labels.sizes)), dtype=np.int64)
-    null = np.broadcast_to(np.asarray(b.labels.sizes, dtype=np.int64), labels.shape).copy()
+    labels = np.zeros((6, len(b.model_label_sizes)), dtype=np.int64)
+    null = np.broadcast_to(np.asarray(b.model_label_sizes, dtype=np.int64), labels.shape).copy()
     cells = []
     for timer in (None, StepTimes()):
         sched = scheduler_for_bundle(b, "dpmsolver++", truncate_final=True, seed=3)

@@ -58,7 +58,7 @@ def test_to_torch_returns_eval_module_with_saved_weights(tiny_bundle: Path) -> N
             torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
     x = torch.randn(4, len(b.genes))
     t = torch.tensor([0, 10, 500, 999])
-    labels = torch.tensor([[0, 0], [1, 1], [2, 1], [1, 0]])
+    labels = torch.tensor([[0, 0, 3], [1, 1, 0], [2, 1, 7], [1, 0, 8]])  # + the depth bin
     out = module(x, t, labels)
     assert out.shape == (4, len(b.genes)) and out.dtype == torch.float32
     assert torch.isfinite(out).all()

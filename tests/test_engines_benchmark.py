@@ -68,7 +68,11 @@ def test_labels_are_those_generate_draws(engines, bundle, generated):
     _, adata = generated
     _, labels = _inputs(engines, bundle)
     codes = np.stack([adata.obs[k].cat.codes.to_numpy() for k in bundle.labels.keys], 1)
-    np.testing.assert_array_equal(labels, codes)
+    K = len(bundle.labels.keys)
+    np.testing.assert_array_equal(labels[:, :K], codes)
+    # then the depth bins generate drew for the same cells (keyed by seed and cell)
+    assert labels.shape[1] == len(bundle.model_label_sizes) == K + 1
+    assert ((labels[:, K] >= 0) & (labels[:, K] < bundle.model_label_sizes[K])).all()
 
 
 def test_usual_loop_gives_cellsynths_cells(engines, bundle, generated):

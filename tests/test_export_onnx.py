@@ -44,7 +44,7 @@ def _inputs(bundle, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, len(bundle.genes)), dtype=np.float32)
     t = rng.integers(0, 1000, n).astype(np.int64)
-    labels = np.stack([rng.integers(0, s + 1, n) for s in bundle.labels.sizes], 1)
+    labels = np.stack([rng.integers(0, s + 1, n) for s in bundle.model_label_sizes], 1)
     return x, t, labels.astype(np.int64)
 
 
@@ -82,11 +82,12 @@ def test_graph_interface_and_metadata(exported):
     f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     assert [io[k].elem_type for k in io] == [f32, i64, i64, f32]
     assert io["x_t"].shape.dim[0].dim_param and io["x_t"].shape.dim[1].dim_value == 100
-    assert io["labels"].shape.dim[1].dim_value == 2
+    assert io["labels"].shape.dim[1].dim_value == 3  # cell_type, batch and the depth bin
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["bundle_hash"] == bundle.hash
     assert meta["architecture"] == "dit" and meta["n_genes"] == "100"
     assert json.loads(meta["label_keys"]) == ["cell_type", "batch"]
+    assert json.loads(meta["label_sizes"]) == bundle.model_label_sizes == [3, 2, 8]
     assert meta["prediction_type"] == "epsilon" and meta["weights"] == "ema"
     assert meta["precision"] == "fp32" and meta["opset"] == "18"
     assert meta["cellsynth_version"]
@@ -127,7 +128,7 @@ def test_random_inputs_include_null_labels_and_real_cells_fallback(tiny_bundle):
     cases = parity.random_cases(bundle, (1, 5), seed=0)
     assert [len(c[1]) for c in cases] == [1, 5, 64]
     for _, _x, t, labels in cases:
-        assert (labels[-1] == bundle.labels.sizes).all() and t.max() < 1000
+        assert (labels[-1] == bundle.model_label_sizes).all() and t.max() < 1000
     # The tiny bundle was trained on an in-memory AnnData: random inputs only, and said so.
     x, why = parity.resolve_real_cells(bundle, None, seed=0)
     assert x is None and "random inputs only" in why
@@ -238,8 +239,9 @@ def test_denoise_matches_torch_backend(exported, guidance):
     root, _ = exported
     bundle = load_bundle(root)
     rng = np.random.default_rng(3)
-    labels = np.stack([rng.integers(0, s, 32) for s in bundle.labels.sizes], 1).astype(np.int64)
-    null = np.tile(np.array(bundle.labels.sizes, dtype=np.int64), (32, 1))
+    sizes = bundle.model_label_sizes
+    labels = np.stack([rng.integers(0, s, 32) for s in sizes], 1).astype(np.int64)
+    null = np.tile(np.array(bundle.model_label_sizes, dtype=np.int64), (32, 1))
     cells = []
     for den in (OnnxRuntimeDenoiser(bundle, threads=1), TorchDenoiser(bundle)):
         sched = scheduler_for_bundle(bundle, "ddim", truncate_final=True, seed=5)

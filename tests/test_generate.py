@@ -96,6 +96,7 @@ def test_generate_matches_the_scheduler_loop(tiny_bundle: Path) -> None:
     """generate = init_noise + (guided model, scheduler step) per step, with cell offsets."""
     import torch
 
+    from cellsynth.generation.depth import depth_conditioning
     from cellsynth.scheduler import scheduler_for_bundle
 
     b = cellsynth.load_bundle(tiny_bundle)
@@ -111,9 +112,9 @@ def test_generate_matches_the_scheduler_loop(tiny_bundle: Path) -> None:
         progress=False,
     )
     model = b.to_torch(weights="ema", device="cpu").eval()
-    codes = torch.from_numpy(
-        np.stack([adata.obs[k].cat.codes.to_numpy() for k in b.labels.keys], 1)
-    )
+    codes = np.stack([adata.obs[k].cat.codes.to_numpy() for k in b.labels.keys], 1)
+    # + each cell's depth bin, drawn keyed by (seed, cell) from its labels' library sizes
+    codes = torch.from_numpy(depth_conditioning(b.config).draw(codes, 2, 0)[1])
     sched = scheduler_for_bundle(b, "ddim", truncate_final=True, seed=2)
     blocks = []
     for start in (0, 3):

@@ -219,13 +219,16 @@ def test_composition_matches_the_real_label_mix(tiny_bundle) -> None:
         cellsynth.generate(tiny_bundle, composition=anndata.AnnData(obs=real[["cell_type"]]), **KW)
 
 
-def test_counts_invert_the_normalisation(tiny_bundle, reference) -> None:
+def test_counts_invert_the_normalisation(tiny_bundle_without_depth) -> None:
+    """A model without depth conditioning: library sizes from the training cells' quantiles."""
     from cellsynth.generation.counts import draw_library_sizes
 
-    adata = cellsynth.generate(tiny_bundle, counts=True, **KW)
+    reference = cellsynth.generate(tiny_bundle_without_depth, **KW)
+    adata = cellsynth.generate(tiny_bundle_without_depth, counts=True, **KW)
     counts = adata.layers["counts"]
     assert counts.dtype == np.int32 and (counts.data > 0).all()
-    b = cellsynth.load_bundle(tiny_bundle)
+    b = cellsynth.load_bundle(tiny_bundle_without_depth)
+    assert b.model_label_sizes == b.labels.sizes
     record = b.preprocessing
     sizes = draw_library_sizes(record.library_size, KW["n_cells"], KW["seed"], 0)
     expected = np.rint(np.expm1(reference.X.toarray().astype(np.float64)) * sizes[:, None] / 1e4)

@@ -445,7 +445,7 @@ def _inputs(bundle, n, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, len(b.genes))).astype(np.float32)
     t = rng.integers(0, b.schedule.num_train_timesteps, n).astype(np.int64)
-    labels = np.stack([rng.integers(0, s, n) for s in b.labels.sizes], axis=1).astype(np.int64)
+    labels = np.stack([rng.integers(0, s, n) for s in b.model_label_sizes], axis=1).astype(np.int64)
     return b, x, t, labels
 
 
@@ -473,7 +473,7 @@ def _denoise(den, bundle, name, n, offset, guidance=2.0, steps=10, **kw):
     sched = SCHEDULERS[name](seed=11, truncate_final=True)
     sched.set_timesteps(steps)
     x_T = sched.init_noise(n, len(b.genes), cell_offset=offset)
-    null = np.tile(np.asarray(b.labels.sizes, np.int64), (n, 1))  # the null code of each label
+    null = np.tile(np.asarray(b.model_label_sizes, np.int64), (n, 1))  # the null code of each label
     return den.denoise(sched, x_T, labels, null, guidance, offset, kw)
 
 
@@ -546,7 +546,7 @@ def _denoise_generic(den, bundle, name, n, offset, guidance, base, **kw):
     sched = SCHEDULERS[name](seed=11, truncate_final=True)
     sched.set_timesteps(10)
     x_T = sched.init_noise(n, len(b.genes), cell_offset=offset)
-    null = np.tile(np.asarray(b.labels.sizes, np.int64), (n, 1))
+    null = np.tile(np.asarray(b.model_label_sizes, np.int64), (n, 1))
     return base.denoise(den, sched, x_T, labels, null, guidance, offset, kw)
 
 

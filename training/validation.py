@@ -85,6 +85,8 @@ class HeldOutValidator:
     decode : turns sampled model-space values [B, width] into log-normalised cells [B, G]
         (a latent model's decoder); None for a gene-space model, whose samples are truncated at 0.
     n_cells, steps, seed : validation size, sampler steps, seed of every draw.
+    condition : turns the cells' label codes [n, K] into the model's label input (a
+        depth-conditioned model's depth bins added); None gives the codes as they are.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class HeldOutValidator:
         n_cells: int = 300,
         steps: int = 20,
         seed: int = 0,
+        condition: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         rng = np.random.default_rng(seed)
         n = min(n_cells, len(x_test))
@@ -120,6 +123,7 @@ class HeldOutValidator:
         self.keys = list(label_keys)
         self.schedule, self.prediction_type = schedule, prediction_type
         self.width, self.decode, self.steps, self.seed = int(width), decode, int(steps), int(seed)
+        self.condition = condition
         self.progress = False  # the trainer turns it on with its own progress setting
 
     def sample(self, model: torch.nn.Module) -> np.ndarray:
@@ -136,7 +140,8 @@ class HeldOutValidator:
         sched.set_timesteps(self.steps)
         x = sched.init_noise(len(self.codes), self.width)  # [n, width]
         device = next(model.parameters()).device
-        labels = torch.from_numpy(self.codes).to(device)
+        codes = self.codes if self.condition is None else self.condition(self.codes)  # [n, K(+1)]
+        labels = torch.from_numpy(np.ascontiguousarray(codes)).to(device)
         from tqdm.auto import tqdm
 
         # A big model validates for minutes on a CPU: show the steps (gone when done).

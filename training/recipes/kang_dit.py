@@ -49,7 +49,9 @@ LABELS = ("cell_type", "stim")
 
 RECIPE: dict[str, Any] = dict(
     config="kang",
-    epochs=60,
+    max_steps=16_000,
+    epochs=None,
+    time_budget_s=None,
     batch_size=128,
     learning_rate=2e-3,
     prediction_type="sample",
@@ -57,11 +59,10 @@ RECIPE: dict[str, Any] = dict(
     warmup_steps=200,
     ema_decay=0.999,
     ema_warmup=True,
-    # The shipped bundle predates these defaults of train_dit_bundle: genes patched in their
-    # input order, 60 whole epochs (no time budget), the last weights kept.
-    gene_order="input",
-    time_budget_s=None,
-    validate=False,
+    gene_order="cluster",
+    depth_bins=8,
+    validate=True,
+    validate_every=1000,
 )
 
 
@@ -69,7 +70,7 @@ def train_kang_dit(
     out: str | os.PathLike,
     *,
     seed: int = 0,
-    threads: int = 1,
+    threads: int = 2,
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
@@ -101,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="bundle directory to create")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="override the recipe's optimiser steps"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -113,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"resume": args.resume, "overwrite": args.overwrite}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
     path = train_kang_dit(
         args.out, seed=args.seed, threads=args.threads, progress=not args.quiet, **overrides
     )

@@ -175,7 +175,7 @@ def _seconds_per_step(
         sched = scheduler_for_bundle(bundle, "ddim", truncate_final=True, seed=0)
         sched.set_timesteps(CALIBRATION_STEPS)
         x_T = sched.init_noise(cells, bundle.width)
-        sizes = np.asarray(bundle.labels.sizes, dtype=np.int64)
+        sizes = np.asarray(bundle.model_label_sizes, dtype=np.int64)
         labels = np.zeros((cells, len(sizes)), dtype=np.int64)
         null = np.ascontiguousarray(np.broadcast_to(sizes, labels.shape))
         steps = len(sched.timesteps)

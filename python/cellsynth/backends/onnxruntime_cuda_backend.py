@@ -161,9 +161,8 @@ class OnnxRuntimeCudaDenoiser(CudaDenoiser):
         self.n_genes = bundle.width  # genes, or the latent width of a latent denoiser
         if self._lab_name is not None:
             width = inputs["labels"].shape[1]
-            self.label_width = (
-                int(width) if isinstance(width, (int, np.integer)) else len(bundle.labels.keys)
-            )
+            known = isinstance(width, (int, np.integer))
+            self.label_width = int(width) if known else len(bundle.model_label_sizes)
             self.label_dtype = types["labels"] or "int64"
         self.timestep_dtype = types["timestep"] or "int64"
 

@@ -188,7 +188,7 @@ def time_config(
 def _batch(bundle: Bundle, n: int, seed: int) -> dict[str, np.ndarray]:
     """Random classes for every label column and the null codes guidance would use."""
     rng = np.random.default_rng(seed)
-    sizes = bundle.labels.sizes
+    sizes = bundle.model_label_sizes
     labels = np.stack([rng.integers(0, s, n) for s in sizes], 1) if sizes else np.zeros((n, 0))
     null = np.broadcast_to(np.asarray(sizes, dtype=np.int64), (n, len(sizes)))
     return {

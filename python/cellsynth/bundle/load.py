@@ -126,6 +126,15 @@ class Bundle:
         return LabelSpec.from_dict(self.config["labels"])
 
     @property
+    def model_label_sizes(self) -> list[int]:
+        """Classes per column of the model's label input: the labels' (``labels.sizes``), then
+        the depth bins of a depth-conditioned model (:mod:`cellsynth.generation.depth`)."""
+        sizes = list(self.labels.sizes)
+        if "depth" in self.config:
+            sizes.append(len(self.config["depth"]["edges_log"]) + 1)
+        return sizes
+
+    @property
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_dict(self.config["schedule"])
 

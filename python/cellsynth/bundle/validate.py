@@ -104,10 +104,17 @@ def validate(bundle: Bundle, check_against_torch: bool, verify_weights: bool = T
         raise BundleError(
             f"{where}: architecture expects {arch.get('n_genes')} genes but {len(genes)} are listed"
         )
-    if list(arch.get("label_sizes", [])) != labels.sizes:
+    sizes = list(labels.sizes)
+    if "depth" in cfg:  # a depth-conditioned model's last label column is the depth bin
+        try:
+            sizes.append(len(cfg["depth"]["edges_log"]) + 1)
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"{where}: invalid 'depth' entry: {exc}") from exc
+    if list(arch.get("label_sizes", [])) != sizes:
+        depth = " and the depth bins" if "depth" in cfg else ""
         raise BundleError(
             f"{where}: architecture label_sizes {arch.get('label_sizes')} do not match the label "
-            f"vocabularies {dict(zip(labels.keys, labels.sizes, strict=True))}"
+            f"vocabularies {dict(zip(labels.keys, labels.sizes, strict=True))}{depth}"
         )
     if schedule is not None and schedule.num_train_timesteps < 1:
         raise BundleError(f"{where}: empty schedule")

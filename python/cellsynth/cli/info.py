@@ -60,6 +60,9 @@ def describe(bundle: Bundle) -> str:
     ]
     if "gene_order" in arch:  # a permutation of every gene: say what it is, not its 2,000 values
         lines.append("gene order   clustered by co-expression (each patch holds co-varying genes)")
+    if "depth" in cfg:  # the model's last label column; drawn per cell, never named by the user
+        bins = len(cfg["depth"]["edges_log"]) + 1
+        lines.append(f"depth        conditioned on {bins} library-size bins (drawn per cell)")
     if "prediction_type" in cfg:
         lines.append(f"prediction   {cfg['prediction_type']}")
     if "schedule" in cfg:

@@ -68,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="cluster: each patch of genes holds genes that vary together; input: patches follow "
         "the genes' order (default: cluster)",
     )
+    dit.add_argument(
+        "--depth-bins",
+        type=int,
+        default=8,
+        help="condition the model on each cell's library-size bin too (this many quantile bins; "
+        "generation draws each cell's depth from its labels' training cells); 0: off "
+        "(default: 8)",
+    )
     dit.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     dit.add_argument("--n-top-genes", type=int, default=2000)
     dit.add_argument("--gene-selection", default="seurat", choices=["seurat", "variance", "cv"])
@@ -341,6 +349,7 @@ def run_dit(args: argparse.Namespace) -> None:
         prediction_type=args.prediction_type,
         zero_value=args.zero_value,
         gene_order=args.gene_order,
+        depth_bins=args.depth_bins,
         validate=not args.no_validate,
         validate_every=args.validate_every,
         n_top_genes=args.n_top_genes,

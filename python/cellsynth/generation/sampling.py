@@ -24,6 +24,7 @@ from cellsynth.generation.counts import (
     draw_library_sizes,
     expression_to_counts,
 )
+from cellsynth.generation.depth import depth_conditioning
 from cellsynth.generation.options import SamplingOptions
 
 # log1p-normalised expression beyond this is garbage, not a cell (a real cell's values stay below
@@ -46,7 +47,9 @@ class ChunkSampler:
         self.guidance, self.batch_size = sampling.guidance, sampling.batch_size
         self.sched = make_scheduler(b, sampling.scheduler, sampling.timestep_spacing, self.seed)
         self.step_options = {"eta": float(sampling.eta)} if sampling.scheduler == "ddim" else {}
-        self.null = np.asarray(b.labels.sizes, dtype=np.int64)  # the null class of each key
+        # A depth-conditioned model takes each cell's library-size bin as a last label column.
+        self.depth = depth_conditioning(b.config)
+        self.null = np.asarray(b.model_label_sizes, dtype=np.int64)  # each column's null class
         self.width = b.width  # G, or the latent width D
         # Told the global position reached (cells, fractional within a batch) after every
         # denoising step, so a progress bar moves even when one batch takes minutes.
@@ -59,6 +62,8 @@ class ChunkSampler:
         for s in range(start, stop, self.batch_size):
             e = min(s + self.batch_size, stop)
             labels = codes[s:e]  # [B, K]
+            if self.depth is not None:  # + the depth bin of each cell's keyed library size
+                labels = self.depth.draw(labels, self.seed, s)[1]  # [B, K + 1]
             self.sched.set_timesteps(self.steps)  # also clears a multistep solver's history
             x_T = self.sched.init_noise(e - s, self.width, cell_offset=s)  # [B, G] or [B, D]
             null = np.broadcast_to(self.null, labels.shape).copy()  # [B, K]
@@ -102,7 +107,10 @@ class ChunkSampler:
         out = {"X": X}
         if counts:
             record = self.b.preprocessing
-            sizes = draw_library_sizes(record.library_size, stop - start, self.seed, start)
+            if self.depth is not None:  # the library sizes the cells were conditioned on
+                sizes = self.depth.draw(codes[start:stop], self.seed, start)[0]
+            else:
+                sizes = draw_library_sizes(record.library_size, stop - start, self.seed, start)
             out["counts"] = expression_to_counts(X, sizes, record.target_sum)
         return out
 
