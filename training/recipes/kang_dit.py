@@ -1,4 +1,4 @@
-"""Recipe of the shipped ``kang-dit`` bundle: a gene-space DiT trained on Kang PBMC on 1 CPU thread.
+"""Recipe of the shipped ``kang-dit`` bundle: a gene-space DiT trained on Kang PBMC on a CPU.
 
     python -m cellsynth.training.recipes.kang_dit \
         --out python/cellsynth/models/kang-dit --export-onnx --overwrite
@@ -6,14 +6,14 @@
 Data: :func:`cellsynth.datasets.kang` (13,576 cells, IFN-beta stimulated vs control), conditioned
 on ``cell_type`` (8 classes) and ``stim`` (2 classes); the default :func:`cellsynth.data.prepare`
 (QC, 80/20 split stratified on the label pair, 2000 Seurat HVGs fitted on the training cells,
-log1p of counts per 10k), all ~10.9k training cells.
+log1p of counts per 10k); 9,861 training cells, 1,000 more held back to validate.
 
 Model: the ``"kang"`` DiT config (patch 50 -> 40 tokens, hidden 128, depth 3, 4 heads, MLP ratio
-2; 0.79M parameters). Per cell it costs about a fifth of the 'small' config: DPM-Solver++ at 20
-steps samples ~59 cells/s on one CPU thread (small: ~11). Bundle: ~6.4 MB (model + EMA).
+2; 0.79M parameters). Per cell it costs about a fifth of the 'small' config. Bundle: ~6.4 MB
+(model + EMA) plus the fp32 ONNX files.
 
-Choices, measured in ``benchmarks/results/kang_dit_recipe.md`` (options ranked on 680-step runs
-first, then this recipe run once):
+Choices (the first search is in ``benchmarks/results/kang_dit_recipe.md``; the 2026-12-04 run
+at its end):
 
 - ``zero_value=-1``: zeros become -1 instead of the paper's -10. With -10 the targets span
   [-10, 9] and this model, at this budget, samples almost only zeros (cell-type consistency
@@ -21,15 +21,16 @@ first, then this recipe run once):
   expressed value (~1.1) across the truncation at 0. The bundle records it, so sampling matches.
 - ``prediction_type="sample"``: the network predicts x0 (a little ahead of v_prediction).
 - AdamW at ``learning_rate=2e-3`` (clearly better than 1e-3) with 200 linear warm-up steps then
-  cosine decay; batch 128 (better than 256 at equal compute); all ~10.9k training cells; weight
-  EMA 0.999 with warm-up (the sampling weights).
+  cosine decay; batch 128 (better than 256 at equal compute); weight EMA 0.999 with warm-up.
+- ``gene_order="cluster"``: each patch holds genes that vary together (within-class correlation
+  agreement 0.13 -> 0.37 in 15-minute runs).
+- ``depth_bins=8``: each cell's library-size bin is the model's last label column, drawn per cell
+  when sampling (:mod:`cellsynth.generation.depth`).
+- 16,000 optimiser steps (the validation score was still falling at the 6,000 of a 15-minute run),
+  validated every 1,000 steps on the 1,000 held-back cells; the best weights are kept.
 
-Result on the 2,715 held-out cells (DPM-Solver++ 20 steps): cell-type / stim consistency
-0.980 / 0.990 (real held-out 0.966 / 0.986), r(per-gene means) 0.998, r(per-gene zero fractions)
-0.995, zero fraction 0.957 (real 0.957).
-
-Time: 60 epochs = 5,100 optimiser steps, 26 minutes (1,558 s) on one thread of a 2-core AMD EPYC
-(``threads=1``, OMP_NUM_THREADS=1, the other core busy); allow up to ~35 minutes on a loaded core.
+Time: 2,611 s (44 minutes) on 2 threads of a 2-core AMD EPYC (``threads=2``), part of it shared
+with a test run.
 """
 
 from __future__ import annotations
