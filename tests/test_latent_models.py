@@ -176,3 +176,13 @@ def test_scdg_needs_the_autoencoders_data(latent_bundles, kang_small) -> None:
 def test_dit_bundle_has_no_autoencoder(tiny_bundle) -> None:
     with pytest.raises(BundleError, match="has no autoencoder"):
         load_bundle(tiny_bundle).autoencoder  # noqa: B018
+
+
+def test_scdg_on_too_few_cells_warns_that_it_is_unchecked(tmp_path, capsys) -> None:
+    from conftest import make_toy_adata, train_toy_scdg
+
+    scdg = train_toy_scdg(make_toy_adata(n_cells=90, n_genes=80), tmp_path)
+    training = load_bundle(scdg).config["training"]
+    assert "validation" not in training and training["n_validation_cells"] == 0
+    assert "never compared with real cells" in training["verdict"]
+    assert "warning: this model was never compared" in capsys.readouterr().err

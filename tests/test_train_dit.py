@@ -141,8 +141,14 @@ def test_too_few_held_out_cells_skip_validation(tmp_path: Path, capsys) -> None:
     options = dict(OPTIONS, n_top_genes=40, prepare_options=dict(min_genes_per_cell=10,
                                                                  test_fraction=0.1))  # fmt: skip
     out = pipeline.train_dit_bundle(adata, ["cell_type"], tmp_path / "b", **options)
-    assert "without validation" in capsys.readouterr().err
-    assert "validation" not in cellsynth.load_bundle(out).config["training"]
+    err = capsys.readouterr().err
+    assert "without validation" in err
+    training = cellsynth.load_bundle(out).config["training"]
+    assert "validation" not in training
+    # ... and the end of training, the bundle and `cellsynth info` say the model is unchecked
+    assert "never compared with real cells" in training["verdict"]
+    assert f"{training['n_train_cells']} training cells" in training["verdict"]
+    assert "warning: this model was never compared" in err
 
 
 def test_verdict_names_what_is_wrong() -> None:
@@ -151,6 +157,9 @@ def test_verdict_names_what_is_wrong() -> None:
     good = {"knn_auc": 0.58, "knn_auc_floor": 0.5, "label_accuracy": 0.9,
             "label_accuracy_floor": 0.95}  # fmt: skip
     assert verdict(good) is None and verdict(None) is None
+    assert verdict(good, unvalidated_cells=None) is None
+    unchecked = verdict(None, unvalidated_cells=57)
+    assert "57 training cells" in unchecked and "100 needed" in unchecked
     far = verdict({**good, "knn_auc": 0.93})
     assert "easy to tell" in far and "0.93" in far and "--time-budget" in far
     wrong = verdict({**good, "label_accuracy": 0.40})

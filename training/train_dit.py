@@ -233,7 +233,9 @@ def train_dit_bundle(
         n_test_cells=prepared.x_test.shape[0],
     )
     record["split_and_qc"] = split_and_qc(prepared, n_validation)
-    record["verdict"] = verdict(result.best)
+    record["verdict"] = verdict(
+        result.best, unvalidated_cells=len(y_train) if validate and held is None else None
+    )
     path = save_bundle(
         out,
         architecture=result.model.config,

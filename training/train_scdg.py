@@ -171,7 +171,9 @@ def train_scdg_bundle(
         n_train_cells=len(keep),
         n_validation_cells=len(codes) - len(keep),
     )
-    record["verdict"] = verdict(result.best)
+    record["verdict"] = verdict(
+        result.best, unvalidated_cells=len(y) if validator is None and validate else None
+    )
     path = save_bundle(
         out,
         kind="latent_diffusion",

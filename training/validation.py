@@ -198,10 +198,22 @@ class HeldOutValidator:
         }
 
 
-def verdict(best: dict[str, Any] | None) -> str | None:
-    """A plain warning when the best validated model is far from real cells; else None."""
+def verdict(best: dict[str, Any] | None, unvalidated_cells: int | None = None) -> str | None:
+    """A plain warning when the best validated model is far from real cells; else None.
+
+    ``unvalidated_cells``: validation was asked for but the run had only this many training
+    cells, too few to hold any back; the model is then unchecked, which the user must be told
+    at the end of training and by ``cellsynth info``, not only in a line at its start.
+    """
     if not best:
-        return None
+        if unvalidated_cells is None:
+            return None
+        return (
+            f"this model was never compared with real cells: {unvalidated_cells} training cells "
+            f"are too few to hold back validation cells ({5 * MIN_VALIDATION_CELLS} needed), so "
+            "the last weights are kept. Compare its cells with held-out real ones (cellsynth "
+            "evaluate) before using them."
+        )
     if best.get("knn_auc") is None or not np.isfinite(best["knn_auc"]):
         return (
             "the model's samples are not finite numbers (it diverged or never learned); "
