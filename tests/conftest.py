@@ -125,39 +125,35 @@ TINY_TRAINING = dict(
 )
 
 
+def _train_tiny_dit(tmp_path_factory: pytest.TempPathFactory, name: str, **options) -> Path:
+    """A tiny DiT trained 2 epochs on toy counts: 100 genes, labels cell_type x batch."""
+    from cellsynth.training.train_dit import train_dit_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / name
+    return train_dit_bundle(
+        make_toy_adata(n_cells=240, n_genes=150),
+        ["cell_type", "batch"],
+        out,
+        n_top_genes=100,
+        **options,
+        **TINY_TRAINING,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A bundle of a tiny DiT trained 2 epochs on toy counts: 100 genes, labels cell_type x batch.
 
     Session-scoped and shared: tests that damage a bundle must copy it first.
     """
-    from cellsynth.training.train_dit import train_dit_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    return train_dit_bundle(
-        make_toy_adata(n_cells=240, n_genes=150),
-        ["cell_type", "batch"],
-        out,
-        n_top_genes=100,
-        **TINY_TRAINING,
-    )
+    return _train_tiny_dit(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_without_depth(tmp_path_factory: pytest.TempPathFactory):
     """The tiny bundle's model without depth conditioning (``depth_bins=0``), as bundles written
     before it have: labels are only the user's."""
-    from cellsynth.training.train_dit import train_dit_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny-no-depth"
-    return train_dit_bundle(
-        make_toy_adata(n_cells=240, n_genes=150),
-        ["cell_type", "batch"],
-        out,
-        n_top_genes=100,
-        depth_bins=0,
-        **TINY_TRAINING,
-    )
+    return _train_tiny_dit(tmp_path_factory, "tiny-no-depth", depth_bins=0)
 
 
 @pytest.fixture(scope="session")
