@@ -124,7 +124,7 @@ class ScviPeer:
         n = len(groups)
         z = np.empty((n, len(next(iter(self.gaussians.values()))[0])), dtype=np.float32)
         log_lib = np.empty((n, 1), dtype=np.float32)
-        for g in set(groups):
+        for g in np.unique(groups):  # sorted: a set's order changes with each process's hash seed
             rows = np.flatnonzero(groups == g)
             mean, cov = self.gaussians[g]
             z[rows] = rng.multivariate_normal(mean, cov, size=len(rows))
@@ -171,7 +171,7 @@ class IndependentNBPeer:
     def sample(self, groups: np.ndarray, seed: int) -> sp.csr_matrix:
         rng = np.random.default_rng(seed)
         out = np.zeros((len(groups), len(next(iter(self.params.values()))[0])), dtype=np.float32)
-        for g in set(groups):
+        for g in np.unique(groups):  # sorted: a set's order changes with each process's hash seed
             rows = np.flatnonzero(groups == g)
             mean, theta = self.params[g]
             nb = np.isfinite(theta) & (theta > 0)
