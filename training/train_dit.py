@@ -169,9 +169,11 @@ def train_dit_bundle(
     depth = _depth(prepared, depth_bins)
     if depth is not None:  # the model's last label column: each training cell's depth bin
         y_train = np.concatenate([y_train, depth.bins(prepared.library_train)[:, None]], axis=1)
-    if validate and held is None:
+    # Validation asked for but no cells to spare: said now, and in the bundle's verdict at the end.
+    unvalidated_cells = len(y_train) if validate and held is None else None
+    if unvalidated_cells is not None:
         print(
-            f"cellsynth: only {len(y_train)} training cells: training without validation "
+            f"cellsynth: only {unvalidated_cells} training cells: training without validation "
             "(the last weights are kept)",
             file=sys.stderr,
         )
@@ -233,9 +235,7 @@ def train_dit_bundle(
         n_test_cells=prepared.x_test.shape[0],
     )
     record["split_and_qc"] = split_and_qc(prepared, n_validation)
-    record["verdict"] = verdict(
-        result.best, unvalidated_cells=len(y_train) if validate and held is None else None
-    )
+    record["verdict"] = verdict(result.best, unvalidated_cells)
     path = save_bundle(
         out,
         architecture=result.model.config,

@@ -126,10 +126,11 @@ def train_scdg_bundle(
         )
     if epochs is None:
         epochs = max(100, -(-MIN_STEPS // -(-len(codes) // batch_size)))
-    keep, validator = np.arange(len(codes)), None
+    keep, validator, unvalidated_cells = np.arange(len(codes)), None, None
     if validate:
         held = validation_split(y, seed=seed)
-        if held is None:
+        if held is None:  # said now, and in the bundle's verdict at the end
+            unvalidated_cells = len(y)
             print(
                 f"cellsynth: only {len(y)} training cells: training without validation (the "
                 "last weights are kept)",
@@ -171,9 +172,7 @@ def train_scdg_bundle(
         n_train_cells=len(keep),
         n_validation_cells=len(codes) - len(keep),
     )
-    record["verdict"] = verdict(
-        result.best, unvalidated_cells=len(y) if validator is None and validate else None
-    )
+    record["verdict"] = verdict(result.best, unvalidated_cells)
     path = save_bundle(
         out,
         kind="latent_diffusion",

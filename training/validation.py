@@ -38,6 +38,8 @@ FAR_FROM_FLOOR = 0.25
 #: Most cells held back from training for validation, and the fewest that make a validation.
 MAX_VALIDATION_CELLS = 1000
 MIN_VALIDATION_CELLS = 20
+#: Fewest training cells from which validation cells are held back (fewer: none can be spared).
+MIN_CELLS_TO_VALIDATE = 5 * MIN_VALIDATION_CELLS
 
 
 def validation_split(
@@ -46,13 +48,13 @@ def validation_split(
     """(training rows, validation rows) of training cells with label codes [n, K], stratified.
 
     ``fraction`` of the cells, at least :data:`MIN_VALIDATION_CELLS` and at most
-    :data:`MAX_VALIDATION_CELLS`; None below 5 x MIN_VALIDATION_CELLS cells (too few to spare:
+    :data:`MAX_VALIDATION_CELLS`; None below :data:`MIN_CELLS_TO_VALIDATE` cells (too few to spare:
     train on every cell instead).
     """
     from cellsynth.data.split import stratified_split
 
     n = len(codes)
-    if n < 5 * MIN_VALIDATION_CELLS:
+    if n < MIN_CELLS_TO_VALIDATE:
         return None
     size = min(max(int(round(fraction * n)), MIN_VALIDATION_CELLS), MAX_VALIDATION_CELLS)
     return stratified_split(np.asarray(codes).reshape(n, -1), size / n, seed + 11)
@@ -210,7 +212,7 @@ def verdict(best: dict[str, Any] | None, unvalidated_cells: int | None = None) -
             return None
         return (
             f"this model was never compared with real cells: {unvalidated_cells} training cells "
-            f"are too few to hold back validation cells ({5 * MIN_VALIDATION_CELLS} needed), so "
+            f"are too few to hold back validation cells ({MIN_CELLS_TO_VALIDATE} needed), so "
             "the last weights are kept. Compare its cells with held-out real ones (cellsynth "
             "evaluate) before using them."
         )
