@@ -1,4 +1,4 @@
-"""scDD distillation: matching losses by hand, the chunked backward, frozen models, progress."""
+"""Distillation: matching losses by hand, the chunked backward, frozen models, progress."""
 
 from __future__ import annotations
 
@@ -203,7 +203,8 @@ def test_distill_output(scdg_bundle, wu2020_adata, task) -> None:
     assert (x >= 0).all() and np.isfinite(x).all()
     assert set(out.obs["init_cell"]) <= set(task.cell_names)
     info = out.uns["cellsynth"]
-    assert info["spc"] == 2 and info["match"] == "dm" and info["generator"] == "scdg"
+    # the defaults: the bilevel logistic regression directly in expression space
+    assert info["spc"] == 2 and info["match"] == "lr" and info["generator"] == "none"
     assert len(info["loss_history"]) == 3
     again = distill(scdg_bundle, wu2020_adata, "source", 2, iterations=3, progress=False, task=task)
     np.testing.assert_array_equal(out.X.toarray(), again.X.toarray())  # seeded

@@ -1,7 +1,8 @@
-"""scDD latent-code dataset distillation: a few synthetic cells per class that train classifiers.
+"""Dataset distillation: a few synthetic cells per class that train classifiers (scDD and more).
 
-Each class gets SPC learnable parameters, initialised from SPC of its real training cells
-(stratified, seeded). Each iteration turns all of them into synthetic cells through a generator,
+Each class gets SPC learnable parameters, initialised from its SPC k-means centroids (default)
+or SPC of its real training cells (stratified, seeded). Each iteration turns all of them into
+synthetic cells through a generator,
 
 * ``scdg``:    cells = decode(SCDG(sqrt(ab) z + sqrt(1 - ab) eps, t*) / scale)   (scDD)
 * ``decoder``: cells = decode(z)                                                  (no SCDG)
@@ -20,6 +21,12 @@ and matches them to the real cells of their class through the frozen encoder's f
   expression space (``generator='none'``): logistic regression 0.952 on the set (class means
   0.944) but the transformer 0.88; through SCDG 0.93 (the single SCDG step keeps cells near
   the data and KRR cannot move them far enough).
+* LR (bilevel): the evaluation's own learner. L2-regularised logistic regression is fitted on the
+  synthetic cells (float64, warm-started Newton-CG) and its cross-entropy on a batch of real
+  training cells is the loss, differentiated through the fit by the implicit function theorem
+  (:mod:`cellsynth.training.distill_logreg`), plus an anchor to each cell's start. The
+  default: the only objective measured to beat one class-mean cell per class and k-means
+  centroids on Kang (``benchmarks/distillation.py``); DM through SCDG is the scDD paper's.
 
 Only the parameters are updated (Adam); the encoder, decoder and SCDG are frozen in eval mode.
 Generated values below the decoder's zero threshold count as silent genes (set to 0), during
@@ -51,9 +58,10 @@ from cellsynth._version import __version__
 from cellsynth.bundle.load import Bundle
 from cellsynth.errors import DataError
 from cellsynth.training.distill_data import Task, load_task
+from cellsynth.training.distill_logreg import LogisticRegressionFit
 from cellsynth.training.scdg import single_step
 
-MATCHES = ("dm", "dc", "krr")
+MATCHES = ("dm", "dc", "krr", "lr")
 GENERATORS = ("scdg", "decoder", "none")
 INITS = ("kmeans", "random")
 
@@ -66,7 +74,7 @@ class DistillConfig:
     ----------
     spc : int
         Synthetic cells per class.
-    match : {'dm', 'dc', 'krr'}
+    match : {'dm', 'dc', 'krr', 'lr'}
     generator : {'scdg', 'decoder', 'none'}
     init : {'kmeans', 'random'}
         Where the SPC parameters of a class start: its SPC k-means centroids in expression space
@@ -80,18 +88,32 @@ class DistillConfig:
     t_star : int
         SCDG's single-step timestep.
     real_batch : int
-        DC: real cells per class drawn each iteration; KRR: times the number of classes, drawn
-        uniformly from the training cells.
+        DC: real cells per class drawn each iteration; KRR and LR: times the number of classes,
+        drawn uniformly from the training cells.
     chunk_size : int
         Parameters per chunk of the memory-saving backward.
     seed : int
     ridge : float
         KRR: the ridge, relative to the kernel's mean diagonal (about 2).
+    logreg_c : float
+        LR: the inner logistic regression's inverse regularisation (scikit-learn's ``C``; the
+        evaluation's is 1).
+    anchor : float
+        LR: weight of each synthetic cell's mean squared distance (summed over genes) to where
+        it started, its k-means centroid. Without it the cells drift to wherever logistic
+        regression gains most and other learners lose: Kang cell type, SPC 5, one seed,
+        anchor 0 / 0.01 / 0.1: logistic regression 0.969 / 0.965 / 0.961, MLP 0.922 / 0.950 /
+        0.952, transformer 0.74 / 0.88 / 0.91.
+    lr_cells : int
+        LR: real training cells that score each iteration: all of them when there are at most
+        this many (the loss is then exact; measured on Kang cell type, all 10,861 cells gave
+        0.964 / 0.968 / 0.968 at SPC 1 / 5 / 10 against 0.958 / 0.964 / 0.965 with 2,048
+        drawn per iteration), else a fresh uniform draw of this many.
     """
 
     spc: int = 1
-    match: str = "dm"
-    generator: str = "scdg"
+    match: str = "lr"
+    generator: str = "none"
     init: str = "kmeans"
     iterations: int = 200
     learning_rate: float = 0.05
@@ -100,6 +122,9 @@ class DistillConfig:
     chunk_size: int = 256
     seed: int = 0
     ridge: float = 0.001
+    logreg_c: float = 1.0
+    anchor: float = 0.01
+    lr_cells: int = 50_000
 
     def __post_init__(self) -> None:
         if self.match not in MATCHES:
@@ -110,7 +135,11 @@ class DistillConfig:
             raise DataError(f"--init must be one of {INITS}, got {self.init!r}")
         if not self.ridge > 0:
             raise DataError(f"ridge must be positive, got {self.ridge}")
-        for name in ("spc", "iterations", "real_batch", "chunk_size"):
+        if not self.logreg_c > 0:
+            raise DataError(f"logreg_c must be positive, got {self.logreg_c}")
+        if not self.anchor >= 0:
+            raise DataError(f"anchor must be 0 or more, got {self.anchor}")
+        for name in ("spc", "iterations", "real_batch", "chunk_size", "lr_cells"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -458,6 +487,7 @@ class Distiller:
         self.labels = torch.as_tensor(task.y_train[self.init_idx])  # [n]
         self.cond = torch.as_tensor(task.cond_train[self.init_idx])  # [n, K]
         self.params = self.gen.initial(start)  # [n, P]
+        self.start_cells = torch.as_tensor(np.asarray(start, dtype=np.float32))  # LR's anchor
         # DM targets: each synthetic cell's own cluster mean [n, D] with the k-means start,
         # else the mean of its class [C, D].
         if members is not None:
@@ -465,6 +495,8 @@ class Distiller:
             self.dm_targets = torch.stack([feats[m].mean(0) for m in members])
         else:
             self.dm_groups, self.dm_targets = self.labels, self.real_means
+        # LR keeps its fit between iterations (a warm start; the cells move a little per step).
+        self.logreg = LogisticRegressionFit(self.C, config.logreg_c)
 
     def noise(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """SCDG noise [n, D] for the parameters (None for other generators); from ``self.rng``
@@ -478,6 +510,8 @@ class Distiller:
         encode = self.gen.ae.encode
         if self.config.match == "dm":
             return lambda cells: dm_loss(encode(cells), self.dm_groups, self.dm_targets)
+        if self.config.match == "lr":
+            return self._lr_loss_fn()
         if self.config.match == "krr":
             # Uniform over the training cells, as the test cells are: accuracy weighs classes
             # by their size.
@@ -496,6 +530,26 @@ class Distiller:
             k = min(self.config.real_batch, len(f))
             batches.append(f[torch.randperm(len(f), generator=self.rng)[:k]])
         return lambda cells: dc_loss(encode(cells), self.labels, batches, weight, bias)
+
+    def _lr_loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """LR: the bilevel loss on all training cells (or a uniform draw) plus the anchor."""
+        n = len(self.task.y_train)
+        if n <= self.config.lr_cells:
+            real = torch.as_tensor(self.task.x_train)  # [N, G], no copy
+            labels = torch.as_tensor(self.task.y_train)
+        else:
+            pick = torch.randperm(n, generator=self.rng)[: self.config.lr_cells].numpy()
+            real = torch.as_tensor(self.task.x_train[pick])
+            labels = torch.as_tensor(self.task.y_train[pick])
+        anchor, start = self.config.anchor, self.start_cells
+
+        def loss(cells: torch.Tensor) -> torch.Tensor:
+            value = self.logreg.loss(cells, self.labels, real, labels)
+            if anchor > 0:
+                value = value + anchor * ((cells - start) ** 2).sum(1).mean()
+            return value
+
+        return loss
 
     def run(self, progress: bool = True) -> list[float]:
         from tqdm.auto import tqdm
@@ -545,8 +599,8 @@ def distill(
     data: str | os.PathLike | anndata.AnnData,
     label: str,
     spc: int,
-    match: str = "dm",
-    generator: str = "scdg",
+    match: str = "lr",
+    generator: str = "none",
     iterations: int | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -565,17 +619,19 @@ def distill(
         The obs column that defines the classes (any categorical label).
     spc : int
         Synthetic cells per class.
-    match : {'dm', 'dc'}
-        Distribution matching or gradient matching.
-    generator : {'scdg', 'decoder', 'none'}
-        Through SCDG + decoder, the decoder only, or directly in expression space.
+    match : {'lr', 'dm', 'dc', 'krr'}
+        The bilevel logistic regression (default; module docstring), distribution matching,
+        gradient matching or kernel ridge regression (KIP).
+    generator : {'none', 'scdg', 'decoder'}
+        Directly in expression space (default), through SCDG + decoder (scDD), or the decoder
+        only.
     iterations : int, optional
         Optimiser steps (default 200).
     task : Task, optional
         An already loaded task (skips re-preparing the data).
     **options
         Other :class:`DistillConfig` fields (``init``, ``learning_rate``, ``t_star``,
-        ``real_batch``, ``chunk_size``).
+        ``real_batch``, ``chunk_size``, ``ridge``, ``logreg_c``, ``anchor``, ``lr_cells``).
 
     Returns
     -------

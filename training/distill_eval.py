@@ -15,6 +15,8 @@ reweight        SPC x C cells, equally many per class where the class has enough
 dm_data         distribution matching directly in expression space (``generator='none'``)
 dc_data         gradient matching directly in expression space (``generator='none'``)
 decoder         the synthetic set's matching through the decoder only (no SCDG)
+scdd            distribution matching through SCDG and the decoder, the scDD paper's method
+                (SCDG bundles only; left out of the default list for an autoencoder bundle)
 full            the whole training set: the ceiling
 ==============  ================================================================================
 
@@ -61,6 +63,7 @@ BASELINES: tuple[str, ...] = (
     "dm_data",
     "dc_data",
     "decoder",
+    "scdd",
     "full",
 )
 DESCRIPTIONS = {
@@ -73,6 +76,7 @@ DESCRIPTIONS = {
     "dm_data": "distribution matching in expression space",
     "dc_data": "gradient matching in expression space",
     "decoder": "the same matching through the decoder only",
+    "scdd": "distribution matching through SCDG (scDD)",
     "full": "the whole training set",
 }
 CLASSIFIER_NAMES = {"logreg": "LR", "mlp": "MLP", "transformer": "Transformer"}
@@ -273,11 +277,13 @@ class _Baselines:
             else:
                 idx = geosketch_indices(self.features(), total, seed)
             return task.x_train[idx], task.y_train[idx]
-        if name in ("dm_data", "dc_data", "decoder"):
+        if name in ("dm_data", "dc_data", "decoder", "scdd"):
             from cellsynth.training.distill import distill
 
             if name == "decoder":
                 match, generator = str(self.record.get("match", "dm")), "decoder"
+            elif name == "scdd":
+                match, generator = "dm", "scdg"
             else:
                 match, generator = name[:2], "none"
             options = {k: self.record[k] for k in ("real_batch",) if k in self.record}
@@ -338,7 +344,7 @@ def evaluate_distilled(
     label: str,
     seeds: int = 5,
     classifiers: Sequence[str] = CLASSIFIERS,
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] | None = None,
     iterations: int | None = None,
     progress: bool = True,
     task: Task | None = None,
@@ -360,8 +366,9 @@ def evaluate_distilled(
     seeds : int
         Runs per method and classifier, seeds 0..seeds-1.
     classifiers : sequence of {'logreg', 'mlp', 'transformer'}
-    baselines : sequence of str
-        Any of :data:`BASELINES`, in the order to report them.
+    baselines : sequence of str, optional
+        Any of :data:`BASELINES`, in the order to report them (default: all of them, less
+        ``scdd`` when the bundle has no SCDG).
     iterations : int, optional
         Optimiser steps of the distillation baselines (default: the synthetic set's own).
     progress : bool
@@ -394,7 +401,8 @@ def evaluate_distilled(
 
     started = time.perf_counter()
     classifiers = check_choice(classifiers, CLASSIFIERS, "classifier(s)")
-    baselines = check_choice(baselines, BASELINES, "baseline(s)")
+    defaulted = baselines is None
+    baselines = check_choice(BASELINES if defaulted else baselines, BASELINES, "baseline(s)")
     options = dict(classifier_options or {})
     if not classifiers:
         raise DataError("no classifier to train; name at least one")
@@ -414,6 +422,13 @@ def evaluate_distilled(
         task = load_task(bundle, data, label)
     elif task.label != label:
         raise DataError(f"the given task is for label {task.label!r}, not {label!r}")
+    if "scdd" in baselines and task.bundle.kind != "latent_diffusion":
+        if not defaulted:
+            raise DataError(
+                f"baseline scdd distils through SCDG, and {task.bundle.path} has none (an "
+                "autoencoder bundle); leave scdd out"
+            )
+        baselines = [b for b in baselines if b != "scdd"]
     x_syn, y_syn = synthetic_matrix(syn, task, label)
     C = len(task.classes)
     per_class = np.bincount(y_syn, minlength=C)

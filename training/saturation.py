@@ -54,7 +54,8 @@ MAX_DISTILL_SPC = 50
 SATURATION_SHARE = 0.95
 PCA_COMPONENTS = 50
 DISTILL_SETTINGS = ("match", "generator", "init", "iterations", "learning_rate", "t_star",
-                    "real_batch", "chunk_size")  # fmt: skip
+                    "real_batch", "chunk_size", "ridge", "logreg_c", "anchor",
+                    "lr_cells")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,25 +11,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "distill",
         help="distil a labelled data set into SPC synthetic cells per class",
-        description="Latent-code dataset distillation (scDD): synthetic cells that train "
-        "classifiers almost as well as the whole data set.",
+        description="Dataset distillation: synthetic cells that train classifiers almost as "
+        "well as the whole data set (bilevel logistic regression by default; scDD's latent-code "
+        "distribution matching with --match dm --generator scdg).",
     )
-    p.add_argument("bundle", help="SCDG bundle directory or shipped name (kang-scdg)")
+    p.add_argument(
+        "bundle", help="SCDG or autoencoder bundle directory, or shipped name (kang-scdg)"
+    )
     p.add_argument("--data", required=True, help="the counts the bundle was trained on")
     p.add_argument("--label", required=True, help="obs column defining the classes")
     p.add_argument("--spc", type=int, required=True, help="synthetic cells per class")
     p.add_argument(
         "--match",
-        default="dm",
-        choices=["dm", "dc", "krr"],
-        help="distribution matching, gradient matching, or kernel ridge regression on the "
-        "synthetic cells scored on real ones (default: dm)",
+        default="lr",
+        choices=["lr", "dm", "dc", "krr"],
+        help="lr: logistic regression fitted on the synthetic cells, scored on the real ones "
+        "and differentiated through the fit (default); dm: distribution matching; dc: gradient "
+        "matching; krr: kernel ridge regression in place of logistic regression",
     )
     p.add_argument(
         "--generator",
-        default="scdg",
-        choices=["scdg", "decoder", "none"],
-        help="scdg (scDD), decoder (no SCDG) or none (optimise expression directly)",
+        default="none",
+        choices=["none", "scdg", "decoder"],
+        help="none: optimise expression directly (default); scdg: codes through SCDG and the "
+        "decoder (scDD); decoder: codes through the decoder only",
     )
     p.add_argument(
         "--init",
@@ -43,6 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-star", type=int, default=None, help="SCDG single-step timestep")
     p.add_argument(
         "--ridge", type=float, default=None, help="--match krr: relative ridge (default 0.001)"
+    )
+    p.add_argument(
+        "--anchor",
+        type=float,
+        default=None,
+        help="--match lr: weight of each cell's squared distance to its start (default 0.01; "
+        "0 lets cells drift where only logistic regression gains)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
@@ -66,7 +78,12 @@ def run(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    given = {"learning_rate": args.learning_rate, "t_star": args.t_star, "ridge": args.ridge}
+    given = {
+        "learning_rate": args.learning_rate,
+        "t_star": args.t_star,
+        "ridge": args.ridge,
+        "anchor": args.anchor,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     result = distill(
         args.bundle,

@@ -17,6 +17,7 @@ BASELINES = (  # as in cellsynth.training.distill_eval
     "dm_data",
     "dc_data",
     "decoder",
+    "scdd",
     "full",
 )
 STRATEGIES = ("random", "reweight", "geosketch", "kmeans", "distill")  # as in training.saturation
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
         args.label,
         seeds=5 if args.seeds is None else args.seeds,
         classifiers=args.classifiers,
-        baselines=list(BASELINES) if args.baselines is None else args.baselines,
+        baselines=args.baselines,  # None: all that apply to the bundle
         iterations=args.iterations,
         full_runs=args.full_runs,
     )
