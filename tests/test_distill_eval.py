@@ -82,7 +82,7 @@ def test_report_structure_budgets_and_full_is_best(result, toy) -> None:
     assert n_cells["class_mean"] == 3 and n_cells["full"] == len(task.y_train)
     for m in ("distilled", "random", "kmeans", "geosketch", "reweight", "dm_data", "dc_data"):
         assert n_cells[m] == 6, m
-    assert n_cells["decoder"] == 6
+    assert n_cells["decoder"] == 6 and n_cells["scdd"] == 6  # scDD's DM through SCDG
     for method, r in result["results"].items():
         for s in r["classifiers"].values():
             runs = 1 if method == "full" else 2
@@ -219,3 +219,13 @@ def test_cli_choices_match_the_library() -> None:
 
     assert cli.BASELINES == distill_eval.BASELINES
     assert cli.CLASSIFIERS == classifiers.CLASSIFIERS
+
+
+def test_scdd_baseline_needs_an_scdg_bundle(toy) -> None:
+    ae = toy["task"].bundle.autoencoder.path
+    syn = distill(ae, toy["adata"], LABEL, 1, iterations=2, progress=False)  # lr, expression
+    common = dict(seeds=1, classifiers=("logreg",), iterations=1, progress=False)
+    with pytest.raises(DataError, match="baseline scdd distils through SCDG"):
+        evaluate_distilled(syn, toy["adata"], LABEL, baselines=["scdd"], **common)
+    result = evaluate_distilled(syn, toy["adata"], LABEL, **common)  # the default list
+    assert result["methods"] == ["distilled", *(b for b in BASELINES if b != "scdd")]
