@@ -22,11 +22,12 @@ and matches them to the real cells of their class through the frozen encoder's f
   0.944) but the transformer 0.88; through SCDG 0.93 (the single SCDG step keeps cells near
   the data and KRR cannot move them far enough).
 * LR (bilevel): the evaluation's own learner. L2-regularised logistic regression is fitted on the
-  synthetic cells (float64, warm-started Newton-CG) and its cross-entropy on a batch of real
-  training cells is the loss, differentiated through the fit by the implicit function theorem
-  (:mod:`cellsynth.training.distill_logreg`), plus an anchor to each cell's start. The
-  default: the only objective measured to beat one class-mean cell per class and k-means
-  centroids on Kang (``benchmarks/distillation.py``); DM through SCDG is the scDD paper's.
+  synthetic cells (float64, warm-started Newton-CG) and its cross-entropy on the real training
+  cells (all of them, or a uniform draw of ``lr_cells``) is the loss, differentiated through the
+  fit by the implicit function theorem (:mod:`cellsynth.training.distill_logreg`), plus an
+  anchor to each cell's start. The default: the only objective measured to beat one class-mean
+  cell per class and k-means centroids on Kang (``benchmarks/distillation.py``); DM through
+  SCDG is the scDD paper's.
 
 Only the parameters are updated (Adam); the encoder, decoder and SCDG are frozen in eval mode.
 Generated values below the decoder's zero threshold count as silent genes (set to 0), during
@@ -88,8 +89,8 @@ class DistillConfig:
     t_star : int
         SCDG's single-step timestep.
     real_batch : int
-        DC: real cells per class drawn each iteration; KRR and LR: times the number of classes,
-        drawn uniformly from the training cells.
+        DC: real cells per class drawn each iteration; KRR: times the number of classes, drawn
+        uniformly from the training cells (LR uses ``lr_cells``).
     chunk_size : int
         Parameters per chunk of the memory-saving backward.
     seed : int
@@ -99,16 +100,16 @@ class DistillConfig:
         LR: the inner logistic regression's inverse regularisation (scikit-learn's ``C``; the
         evaluation's is 1).
     anchor : float
-        LR: weight of each synthetic cell's mean squared distance (summed over genes) to where
-        it started, its k-means centroid. Without it the cells drift to wherever logistic
-        regression gains most and other learners lose: Kang cell type, SPC 5, one seed,
-        anchor 0 / 0.01 / 0.1: logistic regression 0.969 / 0.965 / 0.961, MLP 0.922 / 0.950 /
-        0.952, transformer 0.74 / 0.88 / 0.91.
+        LR: weight of the squared distance (summed over genes, averaged over cells) of each
+        synthetic cell to where it started, its k-means centroid. Without it the cells drift to
+        wherever logistic regression gains most and other learners lose (Kang cell type, SPC 5,
+        one seed, the same loss in a script, anchor 0 / 0.01 / 0.1: logistic regression 0.969 /
+        0.965 / 0.961, MLP 0.922 / 0.950 / 0.952, transformer 0.74 / 0.88 / 0.91).
     lr_cells : int
         LR: real training cells that score each iteration: all of them when there are at most
-        this many (the loss is then exact; measured on Kang cell type, all 10,861 cells gave
-        0.964 / 0.968 / 0.968 at SPC 1 / 5 / 10 against 0.958 / 0.964 / 0.965 with 2,048
-        drawn per iteration), else a fresh uniform draw of this many.
+        this many (the loss is then exact; measured on Kang cell type without the anchor, all
+        10,861 cells gave 0.964 / 0.968 / 0.968 at SPC 1 / 5 / 10 against 0.958 / 0.964 / 0.965
+        with 2,048 drawn per iteration), else a fresh uniform draw of this many.
     """
 
     spc: int = 1
