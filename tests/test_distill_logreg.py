@@ -54,8 +54,22 @@ def test_fit_is_stationary_and_warm_starts() -> None:
     w, b = fit.fit(x, y)
     g_w, g_b = fit.gradient(x, torch.nn.functional.one_hot(y, 3).double(), w, b)
     assert float(g_w.abs().max()) < 1e-7 and float(g_b.abs().max()) < 1e-7
-    w2, _ = fit.fit(x + 1e-3, y)  # a small move from the previous fit
-    assert float((w2 - w).abs().max()) > 0
+    moved = x + 0.05 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    w2, b2 = fit.fit(moved, y)  # warm-started from the previous fit
+    fresh = LogisticRegressionFit(3)
+    w3, b3 = fresh.fit(moved, y)
+    assert float((w2 - w).abs().max()) > 1e-4  # the fit followed the move ...
+    torch.testing.assert_close(w2, w3, atol=1e-6, rtol=0)  # ... to the same optimum
+    torch.testing.assert_close(b2, b3, atol=1e-6, rtol=0)
+    assert fit.record()["fits"] == 2 and fit.record()["unconverged"] == 0
+
+
+def test_a_fit_stopped_early_is_counted() -> None:
+    x, y, _, _ = _problem(6, 3)
+    fit = LogisticRegressionFit(3, max_iter=1)
+    fit.fit(x, y)
+    record = fit.record()
+    assert record["unconverged"] == 1 and record["worst_gradient"] > record["tolerance"]
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -134,7 +148,28 @@ def test_anchor_keeps_cells_near_their_start(task) -> None:
     assert moved[1] < 0.5 * moved[0]
 
 
-def test_lr_cells_draws_a_subset_when_the_data_is_larger(task) -> None:
+def test_lr_cells_draws_a_subset_when_the_data_is_larger(task, monkeypatch) -> None:
     run = Distiller(task, DistillConfig(spc=1, iterations=2, lr_cells=25))
+    seen = []
+    real_loss = run.logreg.loss
+
+    def spy(cells, labels, real, real_labels):
+        seen.append(len(real))
+        return real_loss(cells, labels, real, real_labels)
+
+    monkeypatch.setattr(run.logreg, "loss", spy)
     history = run.run(progress=False)
     assert len(history) == 2 and all(np.isfinite(history))
+    assert seen == [25, 25] and len(task.y_train) > 25
+    everything = Distiller(task, DistillConfig(spc=1, iterations=1))
+    monkeypatch.setattr(everything.logreg, "loss", spy)
+    everything.run(progress=False)
+    assert seen[-1] == len(task.y_train)
+
+
+def test_distilled_set_records_whether_the_inner_fits_converged(task, wu2020_adata) -> None:
+    from cellsynth.training.distill import distill
+
+    out = distill(task.bundle, wu2020_adata, "source", 1, iterations=3, progress=False, task=task)
+    record = out.uns["cellsynth"]["lr_fit"]
+    assert record["fits"] == 3 and record["unconverged"] == 0

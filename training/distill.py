@@ -8,7 +8,8 @@ synthetic cells through a generator,
 * ``decoder``: cells = decode(z)                                                  (no SCDG)
 * ``none``:    cells = the parameters themselves                                  (classic DM/DC)
 
-and matches them to the real cells of their class through the frozen encoder's features f(x):
+and scores them against the real training cells: DM and DC through the frozen encoder's
+features f(x), KRR and LR on the cells themselves:
 
 * DM: ``sum_c || mean f(synthetic_c) - mean f(real_c) ||^2``
 * DC: for a freshly drawn linear task head on f (weights W [C, D], bias b [C]), the gradient of its
@@ -101,7 +102,8 @@ class DistillConfig:
         evaluation's is 1).
     anchor : float
         LR: weight of the squared distance (summed over genes, averaged over cells) of each
-        synthetic cell to where it started, its k-means centroid. Without it the cells drift to
+        synthetic cell to where it started in expression space (its k-means centroid, or the
+        real cell with ``init='random'``), whatever the generator. Without it the cells drift to
         wherever logistic regression gains most and other learners lose (Kang cell type, SPC 5,
         one seed, the same loss in a script, anchor 0 / 0.01 / 0.1: logistic regression 0.969 /
         0.965 / 0.961, MLP 0.922 / 0.950 / 0.952, transformer 0.74 / 0.88 / 0.91).
@@ -498,6 +500,7 @@ class Distiller:
             self.dm_groups, self.dm_targets = self.labels, self.real_means
         # LR keeps its fit between iterations (a warm start; the cells move a little per step).
         self.logreg = LogisticRegressionFit(self.C, config.logreg_c)
+        self._lr_real: torch.Tensor | None = None
 
     def noise(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """SCDG noise [n, D] for the parameters (None for other generators); from ``self.rng``
@@ -536,8 +539,9 @@ class Distiller:
         """LR: the bilevel loss on all training cells (or a uniform draw) plus the anchor."""
         n = len(self.task.y_train)
         if n <= self.config.lr_cells:
-            real = torch.as_tensor(self.task.x_train)  # [N, G], no copy
-            labels = torch.as_tensor(self.task.y_train)
+            if self._lr_real is None:  # float64 once, not a copy per iteration
+                self._lr_real = torch.as_tensor(self.task.x_train).double()  # [N, G]
+            real, labels = self._lr_real, torch.as_tensor(self.task.y_train)
         else:
             pick = torch.randperm(n, generator=self.rng)[: self.config.lr_cells].numpy()
             real = torch.as_tensor(self.task.x_train[pick])
@@ -671,6 +675,8 @@ def distill(
         "label": label,
         **asdict(config),
         "loss_history": [float(v) for v in history],
+        # LR: whether every inner fit reached its tolerance (the implicit gradient assumes it)
+        "lr_fit": run.logreg.record() if config.match == "lr" else None,
         "initial_loss": float(history[0]) if history else None,
         "final_loss": float(history[-1]) if history else None,
         "seconds": round(time.perf_counter() - started, 2),

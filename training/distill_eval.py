@@ -286,7 +286,10 @@ class _Baselines:
                 match, generator = "dm", "scdg"
             else:
                 match, generator = name[:2], "none"
-            options = {k: self.record[k] for k in ("real_batch",) if k in self.record}
+            # the set's own settings, so a baseline differs from it only in what its name says
+            keys = ("real_batch", "init", "learning_rate", "ridge", "logreg_c", "anchor",
+                    "lr_cells")  # fmt: skip
+            options = {k: self.record[k] for k in keys if k in self.record}
             out = distill(
                 task.bundle, self.data, task.label, self.spc, match=match, generator=generator,
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,

@@ -68,6 +68,10 @@ class LogisticRegressionFit:
         self.weight: torch.Tensor | None = None  # [C, G]
         self.bias: torch.Tensor | None = None  # [C]
         self._v: tuple[torch.Tensor, torch.Tensor] | None = None  # last CG solution
+        # The implicit gradient assumes a stationary fit; these say how often it was not.
+        self.fits = 0
+        self.unconverged = 0
+        self.worst_gradient = 0.0
 
     def objective(
         self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
@@ -99,9 +103,10 @@ class LogisticRegressionFit:
             self.bias = torch.zeros(self.n_classes, dtype=torch.float64)
         w, b = self.weight, self.bias
         value = self.objective(x, y, w, b)
-        for _ in range(self.max_iter):
+        for newton_step in range(self.max_iter + 1):
             g_w, g_b = self.gradient(x, y_onehot, w, b)
-            if max(float(g_w.abs().max()), float(g_b.abs().max())) <= self.tol:
+            largest = max(float(g_w.abs().max()), float(g_b.abs().max()))
+            if largest <= self.tol or newton_step == self.max_iter:
                 break
             self.weight, self.bias = w, b  # the Hessian is taken at the current point
             d_w, d_b = self._conjugate_gradients(x, -g_w, -g_b, None, 1e-4)
@@ -117,7 +122,21 @@ class LogisticRegressionFit:
                 break
             w, b, value = w_new, b_new, value_new
         self.weight, self.bias = w, b
+        self.fits += 1
+        if largest > self.tol:
+            self.unconverged += 1
+        self.worst_gradient = max(self.worst_gradient, largest)
         return w, b
+
+    def record(self) -> dict[str, float]:
+        """Fits so far, how many ended above the gradient tolerance, the largest final gradient
+        (max-norm); written into a distilled set's provenance."""
+        return {
+            "fits": self.fits,
+            "unconverged": self.unconverged,
+            "worst_gradient": self.worst_gradient,
+            "tolerance": self.tol,
+        }
 
     def hessian_product(
         self, x: torch.Tensor, v_w: torch.Tensor, v_b: torch.Tensor
@@ -182,7 +201,7 @@ class LogisticRegressionFit:
         """
         x = syn.detach().double()
         weight, bias = self.fit(x, syn_labels)
-        real64 = real.detach().double()
+        real64 = real.detach().double()  # no copy when the caller keeps them in float64
         p_real = (real64 @ weight.T + bias).softmax(1)
         value = F.nll_loss(p_real.clamp_min(1e-300).log(), real_labels)
         residual = p_real - F.one_hot(real_labels, self.n_classes).double()  # [m, C]
@@ -195,8 +214,3 @@ class LogisticRegressionFit:
         coupling = self.c * ((p_syn - onehot) * (s @ v_w.T + v_b)).sum()  # v . grad_theta J
         surrogate = -(coupling - coupling.detach())
         return (value + surrogate).to(syn.dtype)
-
-    def accuracy(self, real: torch.Tensor, real_labels: torch.Tensor) -> float:
-        """Accuracy of the current fit on ``real`` [m, G]."""
-        logits = real.detach().double() @ self.weight.T + self.bias
-        return float((logits.argmax(1) == real_labels).double().mean())
