@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from _machine import machine
 
-from cellsynth.bundle.load import load_bundle
 from cellsynth.files import atomic_path
 from cellsynth.training.distill import distill
 from cellsynth.training.distill_data import load_task
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
             seconds = time.perf_counter() - started
             baselines = [b for b in ROWS[1:] if full_row is None or b != "full"]
-            if load_bundle(args.bundle).kind != "latent_diffusion":
+            if task.bundle.kind != "latent_diffusion":
                 baselines.remove("scdd")  # DM through SCDG needs an SCDG bundle
             result = evaluate_distilled(
                 synthetic, None, label, seeds=args.seeds, baselines=baselines, task=task,

@@ -46,7 +46,7 @@ import datetime as _dt
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import anndata
@@ -145,6 +145,13 @@ class DistillConfig:
         for name in ("spc", "iterations", "real_batch", "chunk_size", "lr_cells"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+# The settings a distilled set records and a re-run reuses (the saturation study, distill-eval's
+# distillation baselines): every field but the budget and the seed, which each caller sets.
+SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in fields(DistillConfig) if f.name not in ("spc", "seed")
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ class _Baselines:
                 idx = geosketch_indices(self.features(), total, seed)
             return task.x_train[idx], task.y_train[idx]
         if name in ("dm_data", "dc_data", "decoder", "scdd"):
-            from cellsynth.training.distill import distill
+            from cellsynth.training.distill import SETTINGS, distill
 
             if name == "decoder":
                 match, generator = str(self.record.get("match", "dm")), "decoder"
@@ -287,9 +287,8 @@ class _Baselines:
             else:
                 match, generator = name[:2], "none"
             # the set's own settings, so a baseline differs from it only in what its name says
-            keys = ("real_batch", "init", "learning_rate", "ridge", "logreg_c", "anchor",
-                    "lr_cells")  # fmt: skip
-            options = {k: self.record[k] for k in keys if k in self.record}
+            own = ("match", "generator", "iterations")  # set here, by the baseline
+            options = {k: self.record[k] for k in SETTINGS if k not in own and k in self.record}
             out = distill(
                 task.bundle, self.data, task.label, self.spc, match=match, generator=generator,
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,

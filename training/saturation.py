@@ -43,7 +43,7 @@ import numpy as np
 from cellsynth._version import __version__
 from cellsynth.errors import DataError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
-from cellsynth.training.distill import distill
+from cellsynth.training.distill import SETTINGS, distill
 from cellsynth.training.distill_data import Task, load_task
 from cellsynth.training.distill_eval import check_choice, mean_sd, synthetic_matrix
 
@@ -53,9 +53,7 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (0.01, 0.1, 0.25, 0.5, 1.0)
 MAX_DISTILL_SPC = 50
 SATURATION_SHARE = 0.95
 PCA_COMPONENTS = 50
-DISTILL_SETTINGS = ("match", "generator", "init", "iterations", "learning_rate", "t_star",
-                    "real_batch", "chunk_size", "ridge", "logreg_c", "anchor",
-                    "lr_cells")  # fmt: skip
+DISTILL_SETTINGS = SETTINGS  # the names distill() takes beside the budget and the seed
 
 
 @dataclass(frozen=True)
