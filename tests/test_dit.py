@@ -209,6 +209,26 @@ def test_input_validation():
         model(x, t, y.float())
 
 
+def test_no_input_checks_during_cuda_graph_capture(monkeypatch):
+    """The label range check reads values back to the host, which a CUDA-graph capture forbids
+    (found on an H200: every captured call failed); during a capture the checks are skipped,
+    outside one they run. The capture state is simulated: this test needs no GPU."""
+    from cellsynth.training import dit
+
+    model = tiny().eval()
+    x, t, y = inputs(model)
+    bad = y.clone()
+    bad[0, 0] = 7
+    assert dit.is_eager()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not dit.is_eager()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert dit.is_eager()
+    with pytest.raises(ValueError, match="label column 0 has index 7"):
+        model(x, t, bad)
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

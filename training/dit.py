@@ -36,10 +36,15 @@ __all__ = [
 
 
 def is_eager() -> bool:
-    """True outside tracing/compilation, where data-dependent checks are allowed."""
+    """True outside tracing, compilation and CUDA-graph capture, where data-dependent checks
+    (which read values back to the host) are allowed."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return not torch.onnx.is_in_onnx_export()
+    if torch.onnx.is_in_onnx_export():
+        return False
+    # A device-to-host read (.tolist()) inside a capture fails ("Cannot copy between CPU and CUDA
+    # tensors during CUDA graph capture"); the warm-up calls before the capture still check.
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
