@@ -117,13 +117,20 @@ def test_missing_label_column_lists_available():
     assert "'celltype'" in msg and "'cell_type', 'stim', 'score'" in msg
 
 
+@pytest.mark.parametrize("copy_on_write", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, None, "", "  "])
-def test_missing_labels_counted(bad):
+def test_missing_labels_counted(bad, copy_on_write):
+    """Also with pandas' copy-on-write (the default from pandas 3), whose arrays are read-only:
+    validation once failed there with 'output array is read-only'."""
     obs = _obs()
     obs["stim"] = obs["stim"].astype(object)
     obs.loc["c", "stim"] = bad
-    with pytest.raises(
-        DataError, match=r"'stim' has 1 missing \(NaN or empty\) label\(s\), first at cell 'c'"
+    with (
+        pd.option_context("mode.copy_on_write", copy_on_write),
+        pytest.raises(
+            DataError,
+            match=r"'stim' has 1 missing \(NaN or empty\) label\(s\), first at cell 'c'",
+        ),
     ):
         validate_labels(obs, ["stim"])
 

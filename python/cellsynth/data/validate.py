@@ -173,7 +173,8 @@ def validate_labels(obs: pd.DataFrame, keys: Sequence[str]) -> None:
                 f"{_listing([str(c) for c in obs.columns], limit=50)}."
             )
         col = obs[key]
-        missing = col.isna().to_numpy()
+        # A copy: pandas with copy-on-write (3.x) hands out read-only arrays, updated below.
+        missing = col.isna().to_numpy().copy()
         # Empty or blank strings say no more than NaN; check them on string-like columns.
         if col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype | pd.StringDtype):
             text = col.astype(object).where(~missing, "").astype(str).str.strip()
