@@ -27,7 +27,7 @@ from _machine import machine
 
 from cellsynth.files import write_json, write_text
 from cellsynth.training.distill_eval import CLASSIFIER_NAMES
-from cellsynth.training.saturation import saturation_curve
+from cellsynth.training.saturation import STRATEGIES, merge_curves, saturation_curve
 from cellsynth.training.saturation_report import write_report
 
 
@@ -46,13 +46,21 @@ def run(args: argparse.Namespace) -> None:
         name = f"{data}_{label}"
         result = saturation_curve(
             bundle, data, label, seeds=args.seeds, classifiers=args.classifiers,
+            strategies=args.strategies,
             distill_settings={"iterations": args.iterations} if args.iterations else {},
             progress=not args.quiet,
         )  # fmt: skip
         result.update(
             name=name, date=dt.date.today().isoformat(), machine=machine(), threads=args.threads
         )
-        write_report(result, Path(args.out) / "saturation" / name)
+        folder = Path(args.out) / "saturation" / name
+        if set(args.strategies) != set(STRATEGIES) and (folder / "curve.json").exists():
+            # Only some strategies re-measured: they replace their curves in the task's report.
+            old = json.loads((folder / "curve.json").read_text())
+            result = merge_curves(old, result)
+            result["date"] = old.get("date", result["date"])
+            print(f"{name}: {', '.join(args.strategies)} replaced in {folder / 'curve.json'}")
+        write_report(result, folder)
         print(f"{name}: {result['seconds']:.0f} s")
 
 
@@ -64,6 +72,19 @@ def collect(out: Path) -> dict:
         result.setdefault("name", path.parent.name)
         tasks.append(result)
     return {"tasks": tasks}
+
+
+def remeasured(t: dict) -> list[str]:
+    """A line naming the strategies measured on another date than the task's, if any."""
+    later = {s: run for s, run in t.get("measured", {}).items() if run.get("date") != t.get("date")}
+    if not later:
+        return []
+    said = "; ".join(
+        f"{s} re-measured on {run.get('date')} ({run.get('seconds', 0) / 60:.0f} min, "
+        f"distillation settings {run.get('distill_settings') or 'the defaults'})"
+        for s, run in later.items()
+    )
+    return [said + ".", ""]
 
 
 def markdown(res: dict) -> str:
@@ -86,6 +107,7 @@ def markdown(res: dict) -> str:
             f"{t.get('threads', '?')} torch threads, load {m.get('load_average_1_5_15_min')}); "
             f"{len(t['seeds'])} seeds; {t['seconds'] / 60:.0f} min.",
             "",
+            *remeasured(t),
             "| strategy | "
             + " | ".join(f"{CLASSIFIER_NAMES[k]} saturation (best)" for k in kinds)
             + " | LR at SPC 1 / 10 / 50 | Vendi at SPC 10 |",
@@ -120,6 +142,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--classifiers", nargs="+", default=list(CLASSIFIER_NAMES))
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        help="re-measure only these; they replace their curves in an existing report",
+    )
     parser.add_argument("--iterations", type=int, default=None, help="distillation steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
@@ -129,6 +158,7 @@ def main() -> None:
     out = Path(args.out)
     res = collect(out)
     keep = ("name", "date", "machine", "threads", "seeds", "seconds", "task", "saturation")
+    keep += ("measured",)
     write_json(
         out / "saturation.json", {"tasks": [{k: t.get(k) for k in keep} for t in res["tasks"]]}
     )

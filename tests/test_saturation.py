@@ -19,6 +19,7 @@ from cellsynth.training.saturation import (
     SetBuilder,
     Skipped,
     make_budgets,
+    merge_curves,
     saturation_curve,
     saturation_points,
     set_diversity,
@@ -190,6 +191,41 @@ def test_write_report(curve, tmp_path) -> None:
     assert "Saturation point" in text and "| kmeans |" in text
     assert (tmp_path / "out" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert set(files) == {"curve.json", "curve.md", "curve.png"}
+
+
+def test_merge_replaces_only_the_re_measured_strategy(curve, toy, tmp_path) -> None:
+    again = saturation_curve(
+        toy["bundle"], toy["adata"], LABEL, spcs=(1, 5), fractions=(0.5, 1.0),
+        strategies=("distill",), classifiers=("logreg", "mlp"), seeds=2,
+        distill_settings={"iterations": 6}, max_distill_spc=5, task=toy["task"],
+        classifier_options=SMALL, progress=False,
+    )  # fmt: skip
+    old = {**curve, "date": "2026-12-03"}
+    merged = merge_curves(old, {**again, "date": "2026-12-04"})
+    assert merged["strategies"] == list(curve["strategies"])
+    assert merged["curves"]["random"] == curve["curves"]["random"]
+    assert merged["curves"]["distill"] == again["curves"]["distill"]
+    assert merged["measured"]["random"]["date"] == "2026-12-03"
+    assert merged["measured"]["distill"]["date"] == "2026-12-04"
+    assert merged["measured"]["distill"]["distill_settings"] == {"iterations": 6}
+    assert merged["distill_settings"] == {"iterations": 6}
+    budgets = [Budget(**b) for b in curve["budgets"]]
+    assert merged["saturation"] == saturation_points(
+        merged["curves"], budgets, curve["classifiers"]
+    )
+    shown = sum(p.get("seconds", 0) for c in merged["curves"].values() for p in c.values())
+    assert merged["seconds"] == pytest.approx(shown, abs=0.05)
+    write_report(merged, tmp_path / "merged")
+    text = (tmp_path / "merged" / "curve.md").read_text()
+    assert "Measured by separate runs" in text and "- distill: 2026-12-04" in text
+    # A second merge keeps the first one's record of the other strategies.
+    twice = merge_curves(merged, {**again, "date": "2026-12-05"})
+    assert twice["measured"]["random"]["date"] == "2026-12-03"
+    assert twice["measured"]["distill"]["date"] == "2026-12-05"
+    with pytest.raises(DataError, match="different seeds"):
+        merge_curves(curve, {**again, "seeds": [0]})
+    with pytest.raises(DataError, match="different tasks"):
+        merge_curves(curve, {**again, "task": {**again["task"], "n_train": 1}})
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:

@@ -331,6 +331,54 @@ def saturation_curve(
     }
 
 
+def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with the strategies of ``new`` replaced by (or added from) ``new``'s curves.
+
+    Re-measuring one strategy (after its method changed) then costs only that strategy's
+    runs. Both results must be of the same task, budgets, classifiers and seeds (DataError
+    otherwise). ``measured[strategy]`` records, per strategy, the date, seconds, cellsynth version
+    and distillation settings of the run that measured it (``new``'s own top-level ``date``,
+    when it has one); the saturation points are recomputed over the merged curves and
+    ``seconds`` is the time of the points shown.
+    """
+    for key in ("budgets", "classifiers", "seeds"):
+        if list(old[key]) != list(new[key]):
+            raise DataError(f"cannot merge saturation curves with different {key}")
+    same = ("bundle", "label", "n_train", "n_test", "classes")
+    if any(old["task"].get(k) != new["task"].get(k) for k in same):
+        raise DataError("cannot merge saturation curves of different tasks")
+
+    def runs(result: Mapping[str, Any]) -> dict[str, Any]:
+        if "measured" in result:
+            return dict(result["measured"])
+        run = {
+            "date": result.get("date"),
+            "seconds": result.get("seconds"),
+            "cellsynth_version": result.get("cellsynth_version"),
+            "distill_settings": result.get("distill_settings", {}),
+        }
+        return {s: dict(run) for s in result["strategies"]}
+
+    merged = dict(old)
+    strategies = [s for s in STRATEGIES if s in set(old["strategies"]) | set(new["strategies"])]
+    merged["strategies"] = strategies
+    source = {s: new if s in new["strategies"] else old for s in strategies}
+    merged["curves"] = {s: source[s]["curves"][s] for s in strategies}
+    merged["measured"] = {**runs(old), **{s: runs(new)[s] for s in new["strategies"]}}
+    budgets = [Budget(**b) for b in old["budgets"]]
+    merged["saturation"] = saturation_points(merged["curves"], budgets, old["classifiers"])
+    merged["distill_settings"] = (
+        merged["measured"]
+        .get("distill", {})
+        .get("distill_settings", old.get("distill_settings", {}))
+    )
+    # The time of the points shown (each run's loading and set-up left out).
+    merged["seconds"] = round(
+        sum(float(p.get("seconds", 0.0)) for c in merged["curves"].values() for p in c.values()), 2
+    )
+    return merged
+
+
 def _evaluate_point(
     builder: SetBuilder,
     strategy: str,

@@ -30,6 +30,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         "Gini-Simpson of its classes, Vendi of its cells, cosine kernel on 50 PCs of the "
         "training cells).",
         "",
+        *_measured_lines(result),
         "| strategy | budget | cells | "
         + " | ".join(f"{n} acc" for n in names)
         + " | Shannon | Gini-Simpson | Vendi |",
@@ -125,6 +126,21 @@ def curve_figure(result: Mapping[str, Any], path: Path) -> Path:
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _measured_lines(result: Mapping[str, Any]) -> list[str]:
+    """When strategies were measured by different runs (merge_curves): which, when, how."""
+    runs = result.get("measured", {})
+    if len({r.get("date") for r in runs.values()}) < 2:
+        return []
+    lines = ["Measured by separate runs:", ""]
+    for strategy, r in runs.items():
+        settings = r.get("distill_settings") or "defaults"
+        extra = f", distillation settings {settings}" if strategy == "distill" else ""
+        lines.append(
+            f"- {strategy}: {r.get('date')}, cellsynth {r.get('cellsynth_version')}{extra}"
+        )
+    return lines + [""]
 
 
 def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
