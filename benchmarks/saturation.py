@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
         result.update(
             name=name, date=dt.date.today().isoformat(), machine=machine(), threads=args.threads
         )
+        print(f"{name}: {result['seconds']:.0f} s")
         folder = Path(args.out) / "saturation" / name
         if set(args.strategies) != set(STRATEGIES) and (folder / "curve.json").exists():
             # Only some strategies re-measured: they replace their curves in the task's report.
@@ -61,7 +62,6 @@ def run(args: argparse.Namespace) -> None:
             result["date"] = old.get("date", result["date"])
             print(f"{name}: {', '.join(args.strategies)} replaced in {folder / 'curve.json'}")
         write_report(result, folder)
-        print(f"{name}: {result['seconds']:.0f} s")
 
 
 def collect(out: Path) -> dict:
@@ -80,8 +80,10 @@ def remeasured(t: dict) -> list[str]:
     if not later:
         return []
     said = "; ".join(
-        f"{s} re-measured on {run.get('date')} ({run.get('seconds', 0) / 60:.0f} min, "
-        f"distillation settings {run.get('distill_settings') or 'the defaults'})"
+        f"{s} re-measured on {run.get('date')} ({run.get('seconds', 0) / 60:.0f} min"
+        + (f", {run['machine'].get('cpu')}" if run.get("machine") else "")
+        + (f", {run['threads']} torch threads" if run.get("threads") else "")
+        + f", distillation settings {run.get('distill_settings') or 'the defaults'})"
         for s, run in later.items()
     )
     return [said + ".", ""]

@@ -356,6 +356,8 @@ def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
             "seconds": result.get("seconds"),
             "cellsynth_version": result.get("cellsynth_version"),
             "distill_settings": result.get("distill_settings", {}),
+            "machine": result.get("machine"),
+            "threads": result.get("threads"),
         }
         return {s: dict(run) for s in result["strategies"]}
 
