@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from _machine import machine
 
+from cellsynth.errors import DataError
 from cellsynth.files import write_json, write_text
 from cellsynth.training.distill_eval import CLASSIFIER_NAMES
 from cellsynth.training.saturation import STRATEGIES, merge_curves, saturation_curve
@@ -57,10 +58,13 @@ def run(args: argparse.Namespace) -> None:
         folder = Path(args.out) / "saturation" / name
         if set(args.strategies) != set(STRATEGIES) and (folder / "curve.json").exists():
             # Only some strategies re-measured: they replace their curves in the task's report.
-            old = json.loads((folder / "curve.json").read_text())
-            result = merge_curves(old, result)
-            result["date"] = old.get("date", result["date"])
-            print(f"{name}: {', '.join(args.strategies)} replaced in {folder / 'curve.json'}")
+            try:
+                result = merge_curves(json.loads((folder / "curve.json").read_text()), result)
+            except DataError as why:  # keep the run: it may have taken an hour
+                folder = folder.parent / f"{name}.{'-'.join(args.strategies)}.{result['date']}"
+                print(f"{name}: not merged ({why}); written on its own to {folder}")
+            else:
+                print(f"{name}: {', '.join(args.strategies)} replaced in {folder / 'curve.json'}")
         write_report(result, folder)
 
 
@@ -75,14 +79,17 @@ def collect(out: Path) -> dict:
 
 
 def remeasured(t: dict) -> list[str]:
-    """A line naming the strategies measured on another date than the task's, if any."""
-    later = {s: run for s, run in t.get("measured", {}).items() if run.get("date") != t.get("date")}
-    if not later:
+    """A line naming the strategies measured by another run than the header's, if any."""
+    runs = t.get("measured", {})
+    keys = {s: json.dumps(run, sort_keys=True) for s, run in runs.items()}
+    if len(set(keys.values())) < 2:
         return []
+    header = max(set(keys.values()), key=list(keys.values()).count)  # most strategies' run
+    later = {s: runs[s] for s, k in keys.items() if k != header}
     said = "; ".join(
         f"{s} re-measured on {run.get('date')} ({run.get('seconds', 0) / 60:.0f} min"
         + (f", {run['machine'].get('cpu')}" if run.get("machine") else "")
-        + (f", {run['threads']} torch threads" if run.get("threads") else "")
+        + (f", torch threads: {run['threads']}" if run.get("threads") else "")
         + f", distillation settings {run.get('distill_settings') or 'the defaults'})"
         for s, run in later.items()
     )
@@ -106,7 +113,7 @@ def markdown(res: dict) -> str:
             f"{len(t['task']['classes'])} classes)",
             "",
             f"{t.get('date', '?')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores, "
-            f"{t.get('threads', '?')} torch threads, load {m.get('load_average_1_5_15_min')}); "
+            f"torch threads: {t.get('threads', '?')}, load {m.get('load_average_1_5_15_min')}); "
             f"{len(t['seeds'])} seeds; {t['seconds'] / 60:.0f} min.",
             "",
             *remeasured(t),

@@ -43,7 +43,7 @@ import numpy as np
 from cellsynth._version import __version__
 from cellsynth.errors import DataError
 from cellsynth.training.classifiers import CLASSIFIERS, make_classifier
-from cellsynth.training.distill import SETTINGS, distill
+from cellsynth.training.distill import SETTINGS, DistillConfig, distill
 from cellsynth.training.distill_data import Task, load_task
 from cellsynth.training.distill_eval import check_choice, mean_sd, synthetic_matrix
 
@@ -315,6 +315,7 @@ def saturation_curve(
                 )
     finally:
         bar.close()
+    config = DistillConfig(**(distill_settings or {}))
     return {
         "task": task.record(data),
         "budgets": [asdict(b) for b in budgets],
@@ -322,6 +323,8 @@ def saturation_curve(
         "classifiers": classifiers,
         "seeds": seed_list,
         "distill_settings": dict(distill_settings or {}),
+        # Every setting as it was in effect (a changed default stays visible in old reports).
+        "distill_config": {k: getattr(config, k) for k in SETTINGS},
         "max_distill_spc": int(max_distill_spc),
         "saturation_share": SATURATION_SHARE,
         "curves": curves,
@@ -336,17 +339,20 @@ def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
     Re-measuring one strategy (after its method changed) then costs only that strategy's
     runs. Both results must be of the same task, budgets, classifiers and seeds (DataError
-    otherwise). ``measured[strategy]`` records, per strategy, the date, seconds, cellsynth version
-    and distillation settings of the run that measured it (``new``'s own top-level ``date``,
-    when it has one); the saturation points are recomputed over the merged curves and
-    ``seconds`` is the time of the points shown.
+    otherwise; the bundle is compared by its hash, not its path, so a report moves between
+    checkouts). ``measured[strategy]`` records, per strategy, the date, seconds, cellsynth
+    version, machine, torch threads and effective distillation settings of the run that measured
+    it (``new``'s own top-level ``date``, when it has one); the saturation points are recomputed
+    over the merged curves; the top-level date, machine and seconds stay those of ``old``'s run.
     """
     for key in ("budgets", "classifiers", "seeds"):
         if list(old[key]) != list(new[key]):
             raise DataError(f"cannot merge saturation curves with different {key}")
-    same = ("bundle", "label", "n_train", "n_test", "classes")
+    same = ("bundle_hash", "label", "n_train", "n_test", "classes")
     if any(old["task"].get(k) != new["task"].get(k) for k in same):
-        raise DataError("cannot merge saturation curves of different tasks")
+        raise DataError("cannot merge saturation curves of different tasks (or bundles)")
+    if "distill" in new["strategies"] and old.get("max_distill_spc") != new.get("max_distill_spc"):
+        raise DataError("cannot merge saturation curves with different max_distill_spc")
 
     def runs(result: Mapping[str, Any]) -> dict[str, Any]:
         if "measured" in result:
@@ -355,7 +361,7 @@ def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
             "date": result.get("date"),
             "seconds": result.get("seconds"),
             "cellsynth_version": result.get("cellsynth_version"),
-            "distill_settings": result.get("distill_settings", {}),
+            "distill_settings": result.get("distill_config", result.get("distill_settings", {})),
             "machine": result.get("machine"),
             "threads": result.get("threads"),
         }
@@ -373,10 +379,6 @@ def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
         merged["measured"]
         .get("distill", {})
         .get("distill_settings", old.get("distill_settings", {}))
-    )
-    # The time of the points shown (each run's loading and set-up left out).
-    merged["seconds"] = round(
-        sum(float(p.get("seconds", 0.0)) for c in merged["curves"].values() for p in c.values()), 2
     )
     return merged
 

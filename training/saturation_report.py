@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -131,7 +132,7 @@ def curve_figure(result: Mapping[str, Any], path: Path) -> Path:
 def _measured_lines(result: Mapping[str, Any]) -> list[str]:
     """When strategies were measured by different runs (merge_curves): which, when, how."""
     runs = result.get("measured", {})
-    if len({r.get("date") for r in runs.values()}) < 2:
+    if len({json.dumps(r, sort_keys=True) for r in runs.values()}) < 2:
         return []
     lines = ["Measured by separate runs:", ""]
     for strategy, r in runs.items():
