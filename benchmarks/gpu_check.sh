@@ -61,9 +61,10 @@ step "GPU tests"
 # With pytest-xdist, a test that crashes the interpreter fails alone instead of ending the run.
 PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="-ra" "${PARALLEL[@]}" \
+# ${a[@]+...}: an empty array is "unbound" under set -u in bash before 4.4.
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="-ra" ${PARALLEL[@]+"${PARALLEL[@]}"} \
   --junitxml="$OUT_DIR/gpu_tests.xml" tests/test_gpu_engines.py tests/test_core_step.py \
-  tests/test_core_counts.py >"$OUT_DIR/gpu_tests.log" 2>&1 || status=1
+  tests/test_core_counts.py tests/test_core_symbols.py >"$OUT_DIR/gpu_tests.log" 2>&1 || status=1
 tail -n 3 "$OUT_DIR/gpu_tests.log" | tee -a "$OUT_DIR/summary.log"
 
 BENCH=(--engine torch-eager,torch,onnxruntime,tensorrt --device cuda --precision fp32,fp16

@@ -38,9 +38,12 @@ def _exported() -> list[str]:
 def test_only_the_module_entry_and_header_templates_are_exported() -> None:
     names = _exported()
     assert "PyInit__core" in names
-    ours = [n for n in names if n.startswith("cellsynth::")]
+    # Anywhere in the name: template instantiations demangle with their return type first.
+    ours = [n for n in names if "cellsynth::" in n]
     assert not ours, f"the core's own functions are exported: {ours[:5]}"
-    runtime = [
-        n for n in names if re.match(r"std::(locale|ios_base|basic_ostream|basic_ios|codecvt)", n)
-    ]
+    # The library's own code behind number formatting (header templates such as to_string or a
+    # stringbuf destructor are emitted into every module and stay exported; those are harmless).
+    library = r"(typeinfo (name )?for |vtable for )?std::(__cxx11::)?"
+    library += r"(locale|ios_base|basic_ostream|basic_ios|codecvt|num_put|numpunct)\b"
+    runtime = [n for n in names if re.match(library, n)]
     assert not runtime, f"libstdc++'s own code is exported: {runtime[:5]}"

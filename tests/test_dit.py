@@ -220,7 +220,7 @@ def test_no_input_checks_during_cuda_graph_capture(monkeypatch):
     bad = y.clone()
     bad[0, 0] = 7
     assert dit.is_eager()
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert not dit.is_eager()
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)

@@ -43,8 +43,10 @@ def is_eager() -> bool:
     if torch.onnx.is_in_onnx_export():
         return False
     # A device-to-host read (.tolist()) inside a capture fails ("Cannot copy between CPU and CUDA
-    # tensors during CUDA graph capture"); the warm-up calls before the capture still check.
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    # tensors during CUDA graph capture"); the warm-up calls before the capture still check,
+    # replays are not checked (the runtime encodes labels from their names, so they are in
+    # range). is_initialized: a capture needs CUDA up already, and this never initialises it.
+    return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
