@@ -34,7 +34,12 @@ from _machine import machine
 from cellsynth.files import atomic_path
 from cellsynth.training.distill import distill
 from cellsynth.training.distill_data import load_task
-from cellsynth.training.distill_eval import CLASSIFIER_NAMES, evaluate_distilled, write_report
+from cellsynth.training.distill_eval import (
+    CLASSIFIER_NAMES,
+    applicable_baselines,
+    evaluate_distilled,
+    write_report,
+)
 
 MARGIN = 0.01  # over max(class_mean, kmeans), logistic regression
 ROWS = ("distilled", "class_mean", "random", "kmeans", "geosketch", "reweight", "dm_data",
@@ -54,9 +59,8 @@ def run(args: argparse.Namespace) -> dict:
                 iterations=args.iterations, seed=0, task=task, progress=False,
             )  # fmt: skip
             seconds = time.perf_counter() - started
-            baselines = [b for b in ROWS[1:] if full_row is None or b != "full"]
-            if task.bundle.kind != "latent_diffusion":
-                baselines.remove("scdd")  # DM through SCDG needs an SCDG bundle
+            usable = applicable_baselines(task.bundle)  # scdd only with an SCDG bundle
+            baselines = [b for b in ROWS[1:] if b in usable and (full_row is None or b != "full")]
             result = evaluate_distilled(
                 synthetic, None, label, seeds=args.seeds, baselines=baselines, task=task,
                 progress=False,

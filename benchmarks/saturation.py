@@ -29,7 +29,7 @@ from cellsynth.errors import DataError
 from cellsynth.files import write_json, write_text
 from cellsynth.training.distill_eval import CLASSIFIER_NAMES
 from cellsynth.training.saturation import STRATEGIES, merge_curves, saturation_curve
-from cellsynth.training.saturation_report import write_report
+from cellsynth.training.saturation_report import remeasured_runs, write_report
 
 
 def parse_task(text: str) -> tuple[str, str, str]:
@@ -80,12 +80,9 @@ def collect(out: Path) -> dict:
 
 def remeasured(t: dict) -> list[str]:
     """A line naming the strategies measured by another run than the header's, if any."""
-    runs = t.get("measured", {})
-    keys = {s: json.dumps(run, sort_keys=True) for s, run in runs.items()}
-    if len(set(keys.values())) < 2:
+    later = remeasured_runs(t)
+    if not later:
         return []
-    header = max(set(keys.values()), key=list(keys.values()).count)  # most strategies' run
-    later = {s: runs[s] for s, k in keys.items() if k != header}
     said = "; ".join(
         f"{s} re-measured on {run.get('date')} ({run.get('seconds', 0) / 60:.0f} min"
         + (f", {run['machine'].get('cpu')}" if run.get("machine") else "")

@@ -80,6 +80,14 @@ DESCRIPTIONS = {
     "full": "the whole training set",
 }
 CLASSIFIER_NAMES = {"logreg": "LR", "mlp": "MLP", "transformer": "Transformer"}
+
+
+def applicable_baselines(bundle: Any) -> tuple[str, ...]:
+    """The :data:`BASELINES` that can run on ``bundle``: ``scdd`` distils through SCDG, which an
+    autoencoder bundle does not have."""
+    return tuple(b for b in BASELINES if b != "scdd" or bundle.kind == "latent_diffusion")
+
+
 PCA_COMPONENTS = 50
 
 
@@ -424,13 +432,14 @@ def evaluate_distilled(
         task = load_task(bundle, data, label)
     elif task.label != label:
         raise DataError(f"the given task is for label {task.label!r}, not {label!r}")
-    if "scdd" in baselines and task.bundle.kind != "latent_diffusion":
+    usable = applicable_baselines(task.bundle)
+    if not set(baselines) <= set(usable):
         if not defaulted:
             raise DataError(
                 f"baseline scdd distils through SCDG, and {task.bundle.path} has none (an "
                 "autoencoder bundle); leave scdd out"
             )
-        baselines = [b for b in baselines if b != "scdd"]
+        baselines = [b for b in baselines if b in usable]
     x_syn, y_syn = synthetic_matrix(syn, task, label)
     C = len(task.classes)
     per_class = np.bincount(y_syn, minlength=C)

@@ -375,11 +375,10 @@ def merge_curves(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     merged["measured"] = {**runs(old), **{s: runs(new)[s] for s in new["strategies"]}}
     budgets = [Budget(**b) for b in old["budgets"]]
     merged["saturation"] = saturation_points(merged["curves"], budgets, old["classifiers"])
-    merged["distill_settings"] = (
-        merged["measured"]
-        .get("distill", {})
-        .get("distill_settings", old.get("distill_settings", {}))
-    )
+    if "distill" in source:  # the distillation settings are those of the run behind its curve
+        for key in ("distill_settings", "distill_config"):
+            if key in source["distill"]:
+                merged[key] = source["distill"][key]
     return merged
 
 

@@ -129,11 +129,22 @@ def curve_figure(result: Mapping[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def remeasured_runs(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategies measured by another run than most of them (after merge_curves), with
+    that run's record; empty when one run measured them all."""
+    runs = result.get("measured", {})
+    keys = {s: json.dumps(run, sort_keys=True) for s, run in runs.items()}
+    if len(set(keys.values())) < 2:
+        return {}
+    most = max(set(keys.values()), key=list(keys.values()).count)
+    return {s: runs[s] for s, k in keys.items() if k != most}
+
+
 def _measured_lines(result: Mapping[str, Any]) -> list[str]:
     """When strategies were measured by different runs (merge_curves): which, when, how."""
-    runs = result.get("measured", {})
-    if len({json.dumps(r, sort_keys=True) for r in runs.values()}) < 2:
+    if not remeasured_runs(result):
         return []
+    runs = result["measured"]
     lines = ["Measured by separate runs:", ""]
     for strategy, r in runs.items():
         settings = r.get("distill_settings") or "defaults"
