@@ -244,3 +244,52 @@ def test_cli_distill_writes_h5ad(scdg_bundle, tmp_path, capsys, monkeypatch, wu2
     err = capsys.readouterr().err
     assert code == 1 and "nope" in err and "Traceback" not in err
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_network_term_through_the_distiller(scdg_bundle, wu2020_adata, task) -> None:
+    options = dict(network_weight=0.3, networks="mlp", unroll_steps=2, network_cells=32)
+    run = Distiller(task, DistillConfig(spc=2, seed=1, **options))
+    loss_fn = run.loss_fn()  # this iteration's networks and real cells, drawn once
+    value, grad = chunked_gradient(run.gen, run.params, run.cond, run.noise(), loss_fn, 4)
+    p = run.params.clone().requires_grad_(True)
+    plain = loss_fn(run.gen(p, run.cond, None))  # the same draws: a function of the cells
+    plain.backward()
+    assert value == pytest.approx(float(plain.detach()), rel=1e-6)
+    np.testing.assert_allclose(grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-7)
+    alone = Distiller(task, DistillConfig(spc=2, seed=1))
+    value_alone, grad_alone = chunked_gradient(
+        alone.gen, alone.params, alone.cond, alone.noise(), alone.loss_fn(), 4
+    )
+    assert value > value_alone  # the term is a cross-entropy, added with a positive weight
+    assert not np.allclose(grad.numpy(), grad_alone.numpy())
+    out = distill(scdg_bundle, wu2020_adata, "source", 2, iterations=2, progress=False,
+                  task=task, **options)  # fmt: skip
+    info = out.uns["cellsynth"]
+    assert info["network_weight"] == 0.3 and info["networks"] == "mlp"
+    assert len(info["network_loss_history"]) == 2
+    again = distill(scdg_bundle, wu2020_adata, "source", 2, iterations=2, progress=False,
+                    task=task, **options)  # fmt: skip
+    np.testing.assert_array_equal(out.X.toarray(), again.X.toarray())  # seeded
+    assert (
+        "network_loss_history"
+        not in distill(
+            scdg_bundle, wu2020_adata, "source", 2, iterations=1, progress=False, task=task
+        ).uns["cellsynth"]
+    )
+
+
+def test_cli_distill_with_networks(scdg_bundle, tmp_path, capsys, wu2020_adata) -> None:
+    path = tmp_path / "wu.h5ad"
+    wu2020_adata.write_h5ad(path)
+    out = tmp_path / "distilled.h5ad"
+    args = ["distill", str(scdg_bundle), "--data", str(path), "--label", "source", "--spc", "1",
+            "--iterations", "2", "--network-weight", "0.3", "--networks", "transformer",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    info = anndata.read_h5ad(out).uns["cellsynth"]
+    assert info["networks"] == "transformer" and info["network_weight"] == 0.3
+    bad = args[:-3] + ["cnn", "--out", str(tmp_path / "x.h5ad")]
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert "networks must name some of" in err and "Traceback" not in err
+    assert not (tmp_path / "x.h5ad").exists()
