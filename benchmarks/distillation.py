@@ -11,6 +11,11 @@ held-out split
 distillation.md (one table, the goals checked beside it), distillation.png and, per run, the
 evaluation's own report in distillation/<label>_spc<N>/.
 
+With ``--network-weight W`` the sets are distilled with the networks' term
+(:mod:`cellsynth.training.distill_networks`) and the plain bilevel set is distilled and scored in
+the same run as the row ``lr_only``; ``--baselines`` limits the baselines (the term makes the
+data-level DM / DC baselines, which take the set's settings, several times slower).
+
 Goals (printed, never asserted): logistic regression on the distilled set at least 0.01 above the
 better of one class-mean cell per class and SPC k-means centroids, at every SPC; accuracy never
 falling as SPC grows; MLP and transformer within 3 points of logistic regression on it.
@@ -18,6 +23,8 @@ falling as SPC grows; MLP and transformer within 3 points of logistic regression
     python benchmarks/distillation.py --out benchmarks/results
     python benchmarks/distillation.py --bundle runs/saturation/pbmc3k-latent --data pbmc3k \
         --labels celltype --prefix distillation_pbmc3k --out benchmarks/results
+    python benchmarks/distillation.py --network-weight 0.3 --baselines class_mean kmeans full \
+        --prefix distillation_networks --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from cellsynth.training.distill_eval import (
 )
 
 MARGIN = 0.01  # over max(class_mean, kmeans), logistic regression
-ROWS = ("distilled", "class_mean", "random", "kmeans", "geosketch", "reweight", "dm_data",
-        "dc_data", "decoder", "scdd", "full")  # fmt: skip
+ROWS = ("distilled", "lr_only", "class_mean", "random", "kmeans", "geosketch", "reweight",
+        "dm_data", "dc_data", "decoder", "scdd", "full")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -53,20 +60,33 @@ def run(args: argparse.Namespace) -> dict:
         task = load_task(args.bundle, args.data, label)
         full_row = None
         for spc in args.spc:
+            common = dict(
+                match=args.match, generator=args.generator, iterations=args.iterations, seed=0,
+                task=task, progress=False,
+            )  # fmt: skip
             started = time.perf_counter()
             synthetic = distill(
-                args.bundle, args.data, label, spc, match=args.match, generator=args.generator,
-                iterations=args.iterations, seed=0, task=task, progress=False,
-            )  # fmt: skip
+                args.bundle, args.data, label, spc, network_weight=args.network_weight, **common
+            )
             seconds = time.perf_counter() - started
             usable = applicable_baselines(task.bundle)  # scdd only with an SCDG bundle
-            baselines = [b for b in ROWS[1:] if b in usable and (full_row is None or b != "full")]
+            wanted = set(args.baselines or ROWS[2:]) & set(usable)
+            if full_row is not None:  # the full training set: fitted once per task
+                wanted.discard("full")
+            baselines = [b for b in ROWS[2:] if b in wanted]
             result = evaluate_distilled(
                 synthetic, None, label, seeds=args.seeds, baselines=baselines, task=task,
                 progress=False,
             )  # fmt: skip
+            if args.network_weight > 0:  # the plain bilevel set, side by side
+                plain = distill(args.bundle, args.data, label, spc, **common)
+                alone = evaluate_distilled(
+                    plain, None, label, seeds=args.seeds, baselines=[], task=task, progress=False
+                )
+                result["results"]["lr_only"] = alone["results"]["distilled"]
+                result["methods"].append("lr_only")
             if full_row is None:
-                full_row = result["results"]["full"]
+                full_row = result["results"].get("full")
             else:  # the full training set does not depend on SPC: fitted once per task
                 result["results"]["full"] = full_row
                 result["methods"].append("full")
@@ -83,15 +103,24 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _network_words(settings: dict) -> str:
+    weight = settings.get("network_weight", 0.0)
+    if not weight:
+        return ""
+    return (
+        f", networks' term weight {weight} (row lr_only: the same distillation without it, "
+        "in the same run)"
+    )
+
+
 def _acc(result: dict, method: str, kind: str) -> float | None:
     r = result["results"].get(method)
     return None if r is None else r["classifiers"][kind]["accuracy"]["mean"]
 
 
 def _summary(result: dict) -> str:
-    return ", ".join(
-        f"{m} LR {_acc(result, m, 'logreg'):.3f}" for m in ("distilled", "class_mean", "random")
-    )
+    shown = [m for m in ("distilled", "lr_only", "class_mean", "random") if m in result["results"]]
+    return ", ".join(f"{m} LR {_acc(result, m, 'logreg'):.3f}" for m in shown)
 
 
 def markdown(res: dict) -> str:
@@ -103,7 +132,8 @@ def markdown(res: dict) -> str:
         f"{res['date']}, {m['cpu']} ({m['cores']} cores, {res['settings']['threads']} torch "
         f"threads), load {m['load_average_1_5_15_min']}. Bundle `{res['settings']['bundle']}`, "
         f"match {res['settings']['match']} through {res['settings'].get('generator', 'scdg')}, "
-        f"{res['settings']['iterations'] or 'default'} iterations; accuracy on the real "
+        f"{res['settings']['iterations'] or 'default'} iterations"
+        f"{_network_words(res['settings'])}; accuracy on the real "
         f"held-out split, mean ± sd over {res['settings']['seeds']} seeds.",
         "",
         "| task | SPC | method | " + " | ".join(CLASSIFIER_NAMES[k] for k in kinds) + " |",
@@ -182,6 +212,12 @@ def main() -> None:
     parser.add_argument("--generator", default="none", choices=["none", "scdg", "decoder"])
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--network-weight", type=float, default=0.0, help="the networks' term (0: off)"
+    )
+    parser.add_argument(
+        "--baselines", nargs="+", choices=ROWS[2:], default=None, help="default: all of them"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix", default="distillation", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
