@@ -293,3 +293,8 @@ def test_cli_distill_with_networks(scdg_bundle, tmp_path, capsys, wu2020_adata) 
     err = capsys.readouterr().err
     assert "networks must name some of" in err and "Traceback" not in err
     assert not (tmp_path / "x.h5ad").exists()
+    no_weight = args[:-6] + ["--networks", "mlp", "--out", str(tmp_path / "y.h5ad")]
+    assert main(no_weight) == 1
+    err = capsys.readouterr().err
+    assert "--networks needs --network-weight" in err and "Traceback" not in err
+    assert not (tmp_path / "y.h5ad").exists()

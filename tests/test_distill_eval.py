@@ -229,3 +229,28 @@ def test_scdd_baseline_needs_an_scdg_bundle(toy) -> None:
         evaluate_distilled(syn, toy["adata"], LABEL, baselines=["scdd"], **common)
     result = evaluate_distilled(syn, toy["adata"], LABEL, **common)  # the default list
     assert result["methods"] == ["distilled", *(b for b in BASELINES if b != "scdd")]
+
+
+def test_distillation_baselines_leave_the_networks_term_out(toy, monkeypatch) -> None:
+    """A set made with the networks' term: its data-level DM / DC and scDD baselines take its
+    other settings but not the term (they are the published methods)."""
+    import cellsynth.training.distill as distill_module
+    from cellsynth.training.distill_eval import _Baselines
+
+    task = toy["task"]
+    record = {"spc": 1, "iterations": 3, "anchor": 0.05, "network_weight": 0.3,
+              "networks": "transformer"}  # fmt: skip
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(distill_module, "distill", fake)
+    builder = _Baselines(task, toy["adata"], np.ones(len(task.classes)), record, None, False)
+    for name in ("dm_data", "scdd"):
+        seen.clear()
+        with pytest.raises(RuntimeError, match="stop here"):
+            builder.build(name, seed=0)
+        assert seen["network_weight"] == 0.0 and seen["anchor"] == 0.05
+        assert seen["iterations"] == 3

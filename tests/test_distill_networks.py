@@ -117,3 +117,9 @@ def test_networks_are_checked() -> None:
         DistillConfig(unroll_learning_rate=0)
     with pytest.raises(DataError, match="networks"):
         DistillConfig(networks="rnn")
+    with pytest.raises(DataError, match="networks must name some of"):
+        parse_networks(None)
+    with pytest.raises(DataError, match="network_weight"):
+        DistillConfig(network_weight=float("inf"))
+    with pytest.raises(DataError, match="unroll_learning_rate"):
+        DistillConfig(unroll_learning_rate=float("nan"))

@@ -43,6 +43,7 @@ same noise, so the gradient equals plain autograd's (tested).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Callable
@@ -115,7 +116,7 @@ class DistillConfig:
         leaves it out. Measured at 0.3 (``benchmarks/distillation.py --network-weight 0.3``,
         Kang, 5 seeds): on cell type the transformer rises from 0.88-0.89 to 0.92-0.93 and
         logistic regression falls by 0.003-0.007; on stim both networks fall (MLP 0.970 to 0.940
-        at SPC 1); each set takes 4-8 times as long. Hence off by default.
+        at SPC 1); each set takes about 4 times as long (5-8 on PBMC 3k). Hence off by default.
     networks : str
         Comma-separated network kinds of that term ('mlp', 'transformer').
     unroll_steps : int
@@ -164,9 +165,9 @@ class DistillConfig:
             raise DataError(f"logreg_c must be positive, got {self.logreg_c}")
         if not self.anchor >= 0:
             raise DataError(f"anchor must be 0 or more, got {self.anchor}")
-        if not self.network_weight >= 0:
+        if not (self.network_weight >= 0 and math.isfinite(self.network_weight)):
             raise DataError(f"network_weight must be 0 or more, got {self.network_weight}")
-        if not self.unroll_learning_rate > 0:
+        if not (self.unroll_learning_rate > 0 and math.isfinite(self.unroll_learning_rate)):
             raise DataError(
                 f"unroll_learning_rate must be positive, got {self.unroll_learning_rate}"
             )
@@ -631,7 +632,10 @@ class Distiller:
                 self.config.chunk_size,
             )  # fmt: skip
             if not np.isfinite(loss):
-                raise FloatingPointError("distillation diverged; lower the learning rate")
+                rates = "the learning rate" + (
+                    " or the unroll learning rate" if self.network_term is not None else ""
+                )
+                raise FloatingPointError(f"distillation diverged; lower {rates}")
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.4g}")
             opt.zero_grad(set_to_none=True)

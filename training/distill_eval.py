@@ -294,9 +294,11 @@ class _Baselines:
                 match, generator = "dm", "scdg"
             else:
                 match, generator = name[:2], "none"
-            # the set's own settings, so a baseline differs from it only in what its name says
-            own = ("match", "generator", "iterations")  # set here, by the baseline
+            # the set's own settings, so a baseline differs from it only in what its name says;
+            # never the networks' term, which is cellsynth's addition, not the baselines' method
+            own = ("match", "generator", "iterations", "network_weight")  # set here
             options = {k: self.record[k] for k in SETTINGS if k not in own and k in self.record}
+            options["network_weight"] = 0.0
             out = distill(
                 task.bundle, self.data, task.label, self.spc, match=match, generator=generator,
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,
@@ -500,7 +502,9 @@ def evaluate_distilled(
             }
     finally:
         bar.close()
-    synthetic_info = {k: v for k, v in record.items() if k != "loss_history"}
+    synthetic_info = {
+        k: v for k, v in record.items() if k not in ("loss_history", "network_loss_history")
+    }
     synthetic_info["n_cells"] = int(len(y_syn))
     if not isinstance(synthetic, anndata.AnnData):
         synthetic_info["path"] = str(synthetic)
@@ -540,7 +544,13 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         f"Synthetic set: {syn['n_cells']} cells, SPC={result['spc']} "
         f"(match {syn.get('match', '?')}, generator {syn.get('generator', '?')}, "
-        f"{syn.get('iterations', '?')} iterations, seed {syn.get('seed', '?')}), "
+        f"{syn.get('iterations', '?')} iterations, seed {syn.get('seed', '?')}"
+        + (
+            f", networks' term {syn['network_weight']} ({syn.get('networks', '?')})"
+            if syn.get("network_weight")
+            else ""
+        )
+        + "), "
         f"bundle `{t['bundle']}`.",
         f"Tested on {t['n_test']} held-out real cells of {len(t['classes'])} classes "
         f"({t['n_genes']} genes); trained on {t['n_train']} real cells for `full`.",

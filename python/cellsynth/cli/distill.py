@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> None:
         raise DataError(f"--out must be an .h5ad file, got {args.out}")
     from cellsynth.files import check_output
 
+    if args.networks is not None and not args.network_weight:
+        raise DataError("--networks needs --network-weight above 0 (the networks' term is off)")
     check_output(args.out, args.overwrite)
     distill = torch_module("training.distill", "distillation").distill
     import torch
@@ -116,6 +118,6 @@ def run(args: argparse.Namespace) -> None:
     info = result.uns["cellsynth"]
     print(
         f"wrote {result.n_obs} synthetic cells ({args.spc} per class of {args.label!r}) to "
-        f"{args.out}; matching loss {info['initial_loss']:.4g} -> {info['final_loss']:.4g} "
+        f"{args.out}; loss {info['initial_loss']:.4g} -> {info['final_loss']:.4g} "
         f"in {info['seconds']:.0f} s"
     )
