@@ -13,8 +13,8 @@ evaluation's own report in distillation/<label>_spc<N>/.
 
 With ``--network-weight W`` the sets are distilled with the networks' term
 (:mod:`cellsynth.training.distill_networks`) and the plain bilevel set is distilled and scored in
-the same run as the row ``lr_only``; ``--baselines`` limits the baselines (the term makes the
-data-level DM / DC baselines, which take the set's settings, several times slower).
+the same run as the row ``lr_only``; ``--baselines`` limits the baselines (those re-distilled,
+DM / DC / decoder / scDD, never use the term).
 
 Goals (printed, never asserted): logistic regression on the distilled set at least 0.01 above the
 better of one class-mean cell per class and SPC k-means centroids, at every SPC; accuracy never

@@ -544,7 +544,7 @@ class Distiller:
         self.network_term = None
         if config.network_weight > 0:
             self.network_term = NetworkTerm(
-                parse_networks(config.networks), task.x_train.shape[1], self.C,
+                config.networks, task.x_train.shape[1], self.C,
                 config.unroll_steps, config.unroll_learning_rate, config.network_cells, self.rng,
             )  # fmt: skip
 

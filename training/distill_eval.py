@@ -296,7 +296,7 @@ class _Baselines:
                 match, generator = name[:2], "none"
             # the set's own settings, so a baseline differs from it only in what its name says;
             # never the networks' term, which is cellsynth's addition, not the baselines' method
-            own = ("match", "generator", "iterations", "network_weight")  # set here
+            own = ("match", "generator", "iterations")  # set here, by the baseline
             options = {k: self.record[k] for k in SETTINGS if k not in own and k in self.record}
             options["network_weight"] = 0.0
             out = distill(
