@@ -25,6 +25,12 @@ falling as SPC grows; MLP and transformer within 3 points of logistic regression
         --labels celltype --prefix distillation_pbmc3k --out benchmarks/results
     python benchmarks/distillation.py --network-weight 0.3 --baselines class_mean kmeans full \
         --prefix distillation_networks --out benchmarks/results
+    python benchmarks/distillation.py --match mmd --option features=random \
+        --baselines class_mean kmeans --prefix distillation_mmd_random --out benchmarks/results
+
+``--option KEY=VALUE`` sets any other field of
+:class:`~cellsynth.training.distill.DistillConfig` (``anchor``, ``features``, ``covariance``,
+``separation``, ...) for the distilled set; the report names them.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch
 from _machine import machine
 
 from cellsynth.files import atomic_path
-from cellsynth.training.distill import distill
+from cellsynth.training.distill import SETTINGS, DistillConfig, distill
 from cellsynth.training.distill_data import load_task
 from cellsynth.training.distill_eval import (
     CLASSIFIER_NAMES,
@@ -66,8 +72,9 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
             started = time.perf_counter()
             synthetic = distill(
-                args.bundle, args.data, label, spc, network_weight=args.network_weight, **common
-            )
+                args.bundle, args.data, label, spc, network_weight=args.network_weight,
+                **args.options, **common,
+            )  # fmt: skip
             seconds = time.perf_counter() - started
             usable = applicable_baselines(task.bundle)  # scdd only with an SCDG bundle
             wanted = set(args.baselines or ROWS[2:]) & set(usable)
@@ -106,6 +113,31 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings as DistillConfig fields, each value of its field's default's type."""
+    defaults = DistillConfig()
+    taken = {"match", "generator", "iterations", "network_weight"}  # options of their own
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in SETTINGS or key in taken:
+            raise SystemExit(
+                f"--option {pair!r}: expected KEY=VALUE with KEY one of "
+                f"{sorted(set(SETTINGS) - taken)}"
+            )
+        kind = type(getattr(defaults, key))
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise SystemExit(f"--option {pair!r}: {key} takes a {kind.__name__}") from None
+    return out
+
+
+def _option_words(settings: dict) -> str:
+    options = settings.get("options") or {}
+    return "".join(f", {k} {v}" for k, v in options.items())
+
+
 def _network_words(settings: dict) -> str:
     weight = settings.get("network_weight", 0.0)
     if not weight:
@@ -136,7 +168,7 @@ def markdown(res: dict) -> str:
         f"threads), load {m['load_average_1_5_15_min']}. Bundle `{res['settings']['bundle']}`, "
         f"match {res['settings']['match']} through {res['settings'].get('generator', 'scdg')}, "
         f"{res['settings']['iterations'] or 'default'} iterations"
-        f"{_network_words(res['settings'])}; accuracy on the real "
+        f"{_option_words(res['settings'])}{_network_words(res['settings'])}; accuracy on the real "
         f"held-out split, mean ± sd over {res['settings']['seeds']} seeds.",
         "",
         "| task | SPC | method | " + " | ".join(CLASSIFIER_NAMES[k] for k in kinds) + " |",
@@ -215,7 +247,7 @@ def main() -> None:
     parser.add_argument("--data", default="kang")
     parser.add_argument("--labels", nargs="+", default=["cell_type", "stim"])
     parser.add_argument("--spc", nargs="+", type=int, default=[1, 5, 10])
-    parser.add_argument("--match", default="lr", choices=["lr", "dm", "dc", "krr"])
+    parser.add_argument("--match", default="lr", choices=["lr", "dm", "dc", "krr", "mmd"])
     parser.add_argument("--generator", default="none", choices=["none", "scdg", "decoder"])
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=5)
@@ -225,10 +257,16 @@ def main() -> None:
     parser.add_argument(
         "--baselines", nargs="+", choices=ROWS[2:], default=None, help="default: all of them"
     )
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="another DistillConfig field for the distilled set (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix", default="distillation", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    args.options = parse_options(args.option)
+    del args.option
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

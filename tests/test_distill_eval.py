@@ -231,15 +231,17 @@ def test_scdd_baseline_needs_an_scdg_bundle(toy) -> None:
     assert result["methods"] == ["distilled", *(b for b in BASELINES if b != "scdd")]
 
 
-def test_distillation_baselines_leave_the_networks_term_out(toy, monkeypatch) -> None:
-    """A set made with the networks' term: its data-level DM / DC and scDD baselines take its
-    other settings but not the term (they are the published methods)."""
+def test_distillation_baselines_leave_cellsynths_additions_out(toy, monkeypatch) -> None:
+    """A set made with the networks' term, random features and the separation term: its
+    data-level DM / DC and scDD baselines take its other settings but none of those (they are
+    the published methods); the decoder baseline keeps all but the networks' term."""
     import cellsynth.training.distill as distill_module
     from cellsynth.training.distill_eval import _Baselines
 
     task = toy["task"]
     record = {"spc": 1, "iterations": 3, "anchor": 0.05, "network_weight": 0.3,
-              "networks": "transformer"}  # fmt: skip
+              "networks": "transformer", "match": "mmd", "features": "random",
+              "covariance": 0.0, "separation": 0.2}  # fmt: skip
     seen = {}
 
     def fake(*args, **kwargs):
@@ -254,3 +256,9 @@ def test_distillation_baselines_leave_the_networks_term_out(toy, monkeypatch) ->
             builder.build(name, seed=0)
         assert seen["network_weight"] == 0.0 and seen["anchor"] == 0.05
         assert seen["iterations"] == 3
+        assert seen["features"] == "encoder" and seen["separation"] == 0.0
+    seen.clear()
+    with pytest.raises(RuntimeError, match="stop here"):  # the set's objective through a decoder
+        builder.build("decoder", seed=0)
+    assert seen["match"] == "mmd" and seen["features"] == "random" and seen["separation"] == 0.2
+    assert seen["network_weight"] == 0.0

@@ -63,11 +63,19 @@ from cellsynth.errors import DataError
 from cellsynth.training.distill_data import Task, load_task
 from cellsynth.training.distill_logreg import LogisticRegressionFit
 from cellsynth.training.distill_networks import NetworkTerm, parse_networks
+from cellsynth.training.distill_statistics import (
+    RandomFeatures,
+    covariance,
+    covariance_loss,
+    mmd_loss,
+    separation_loss,
+)
 from cellsynth.training.scdg import single_step
 
-MATCHES = ("dm", "dc", "krr", "lr")
+MATCHES = ("dm", "dc", "krr", "lr", "mmd")
 GENERATORS = ("scdg", "decoder", "none")
 INITS = ("kmeans", "random")
+FEATURES = ("encoder", "random")
 
 
 @dataclass
@@ -78,7 +86,9 @@ class DistillConfig:
     ----------
     spc : int
         Synthetic cells per class.
-    match : {'dm', 'dc', 'krr', 'lr'}
+    match : {'dm', 'dc', 'krr', 'lr', 'mmd'}
+        ``mmd``: per class, the multi-kernel MMD between synthetic and real features
+        (:mod:`cellsynth.training.distill_statistics`).
     generator : {'scdg', 'decoder', 'none'}
     init : {'kmeans', 'random'}
         Where the SPC parameters of a class start: its SPC k-means centroids in expression space
@@ -125,6 +135,17 @@ class DistillConfig:
         Their step size.
     network_cells : int
         Real training cells, drawn uniformly each iteration, that score the networks.
+    features : {'encoder', 'random'}
+        DM / MMD: the feature map, the bundle's frozen encoder or a randomly initialised ReLU
+        network drawn afresh every iteration (DM's recipe for images); real features then come
+        from ``real_batch`` cells per class (DM: per k-means cluster) drawn each iteration.
+    covariance : float
+        DM: weight of the per-class feature-covariance term added to the mean matching
+        (0: off).
+    separation : float
+        Any match: weight of a Gaussian repulsion between synthetic cells of different classes,
+        in expression space, its bandwidth the mean squared distance between real class means
+        (0: off).
     lr_cells : int
         LR: real training cells that score each iteration: all of them when there are at most
         this many (the loss is then exact; measured on Kang cell type without the anchor, all
@@ -151,6 +172,9 @@ class DistillConfig:
     unroll_steps: int = 10
     unroll_learning_rate: float = 0.003
     network_cells: int = 512
+    features: str = "encoder"
+    covariance: float = 0.0
+    separation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.match not in MATCHES:
@@ -159,6 +183,16 @@ class DistillConfig:
             raise DataError(f"--generator must be one of {GENERATORS}, got {self.generator!r}")
         if self.init not in INITS:
             raise DataError(f"--init must be one of {INITS}, got {self.init!r}")
+        if self.features not in FEATURES:
+            raise DataError(f"features must be one of {FEATURES}, got {self.features!r}")
+        if self.features != "encoder" and self.match not in ("dm", "mmd"):
+            raise DataError("features apply to --match dm or mmd only")
+        for name in ("covariance", "separation"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise DataError(f"{name} must be 0 or more, got {value}")
+        if self.covariance > 0 and self.match != "dm":
+            raise DataError("the covariance term applies to --match dm only")
         if not self.ridge > 0:
             raise DataError(f"ridge must be positive, got {self.ridge}")
         if not self.logreg_c > 0:
@@ -535,9 +569,19 @@ class Distiller:
         # else the mean of its class [C, D].
         if members is not None:
             self.dm_groups = torch.arange(len(self.init_idx))
+            self.dm_members = members
             self.dm_targets = torch.stack([feats[m].mean(0) for m in members])
         else:
             self.dm_groups, self.dm_targets = self.labels, self.real_means
+            self.dm_members = [task.class_indices(c) for c in range(self.C)]
+        self.separation_bandwidth = None
+        if config.separation > 0:  # how far apart real classes are, in expression space
+            means = torch.stack(
+                [torch.as_tensor(task.x_train[task.class_indices(c)]).double().mean(0)
+                 for c in range(self.C)]
+            )  # fmt: skip
+            d = torch.cdist(means, means) ** 2
+            self.separation_bandwidth = float(d[~torch.eye(self.C, dtype=torch.bool)].mean())
         # LR keeps its fit between iterations (a warm start; the cells move a little per step).
         self.logreg = LogisticRegressionFit(self.C, config.logreg_c)
         self._lr_real: torch.Tensor | None = None
@@ -558,20 +602,25 @@ class Distiller:
     def loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This iteration's loss of synthetic cells [n, G]: the matching loss, plus the networks'
         term when it is on (both draw their randomness here)."""
-        matching = self.matching_fn()
-        if self.network_term is None:
-            return matching
-        term = self.network_term.draw(
-            torch.as_tensor(self.task.x_train), torch.as_tensor(self.task.y_train), self.labels
-        )
-        weight = self.config.network_weight
-        return lambda cells: matching(cells) + weight * term(cells)
+        terms = [(1.0, self.matching_fn())]
+        if self.network_term is not None:
+            terms.append((self.config.network_weight, self.network_term.draw(
+                torch.as_tensor(self.task.x_train), torch.as_tensor(self.task.y_train), self.labels
+            )))  # fmt: skip
+        if self.separation_bandwidth is not None:
+            labels, bandwidth = self.labels, self.separation_bandwidth
+            terms.append(
+                (self.config.separation, lambda cells: separation_loss(cells, labels, bandwidth))
+            )
+        if len(terms) == 1:
+            return terms[0][1]
+        return lambda cells: sum(weight * term(cells) for weight, term in terms)
 
     def matching_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This iteration's matching loss of synthetic cells [n, G] (DC draws head and batches)."""
         encode = self.gen.ae.encode
-        if self.config.match == "dm":
-            return lambda cells: dm_loss(encode(cells), self.dm_groups, self.dm_targets)
+        if self.config.match in ("dm", "mmd"):
+            return self._statistics_fn()
         if self.config.match == "lr":
             return self._lr_loss_fn()
         if self.config.match == "krr":
@@ -592,6 +641,44 @@ class Distiller:
             k = min(self.config.real_batch, len(f))
             batches.append(f[torch.randperm(len(f), generator=self.rng)[:k]])
         return lambda cells: dc_loss(encode(cells), self.labels, batches, weight, bias)
+
+    def _statistics_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """DM (and its covariance term) or MMD through this iteration's feature map."""
+        config, task = self.config, self.task
+        if config.features == "encoder":
+            features = self.gen.ae.encode
+            real_groups = [self.real_by_class[c] for c in range(self.C)]  # all, precomputed
+            dm_targets = self.dm_targets
+        else:  # a fresh random network; real features from a draw of each group's cells
+            features = RandomFeatures(task.x_train.shape[1], self.rng)
+
+            def draw(idx: np.ndarray) -> torch.Tensor:
+                k = min(config.real_batch, len(idx))
+                pick = idx[torch.randperm(len(idx), generator=self.rng)[:k].numpy()]
+                with torch.no_grad():
+                    return features(torch.as_tensor(task.x_train[pick]))
+
+            dm_targets = torch.stack([draw(m).mean(0) for m in self.dm_members])
+            real_groups = [draw(task.class_indices(c)) for c in range(self.C)]
+        if config.match == "mmd":
+            if config.features == "encoder":  # a batch per class, as for DC
+                real_groups = [
+                    f[torch.randperm(len(f), generator=self.rng)[: config.real_batch]]
+                    for f in real_groups
+                ]
+            return lambda cells: mmd_loss(features(cells), self.labels, real_groups)
+        groups = self.dm_groups
+        if config.covariance == 0:
+            return lambda cells: dm_loss(features(cells), groups, dm_targets)
+        real_cov = torch.stack([covariance(f) for f in real_groups])  # [C, D, D]
+        weight = config.covariance
+
+        def loss(cells: torch.Tensor) -> torch.Tensor:
+            f = features(cells)
+            spread = covariance_loss(f, self.labels, real_cov)
+            return dm_loss(f, groups, dm_targets) + weight * spread
+
+        return loss
 
     def _lr_loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """LR: the bilevel loss on all training cells (or a uniform draw) plus the anchor."""

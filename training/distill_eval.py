@@ -295,10 +295,13 @@ class _Baselines:
             else:
                 match, generator = name[:2], "none"
             # the set's own settings, so a baseline differs from it only in what its name says;
-            # never the networks' term, which is cellsynth's addition, not the baselines' method
+            # never the networks' term, which is cellsynth's addition, not the baselines' method,
+            # and the published methods (DM, DC, scDD) without cellsynth's other additions
             own = ("match", "generator", "iterations")  # set here, by the baseline
             options = {k: self.record[k] for k in SETTINGS if k not in own and k in self.record}
             options["network_weight"] = 0.0
+            if name != "decoder":  # decoder: the set's own objective, through the decoder
+                options.update(features="encoder", covariance=0.0, separation=0.0)
             out = distill(
                 task.bundle, self.data, task.label, self.spc, match=match, generator=generator,
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,

@@ -24,10 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--match",
         default="lr",
-        choices=["lr", "dm", "dc", "krr"],
+        choices=["lr", "dm", "dc", "krr", "mmd"],
         help="lr: logistic regression fitted on the synthetic cells, scored on the real ones "
         "and differentiated through the fit (default); dm: distribution matching; dc: gradient "
-        "matching; krr: kernel ridge regression in place of logistic regression",
+        "matching; krr: kernel ridge regression in place of logistic regression; mmd: each "
+        "class's synthetic and real features matched by a multi-kernel MMD",
     )
     p.add_argument(
         "--generator",
@@ -69,6 +70,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="networks of that term, comma-separated: mlp, transformer (default both)",
     )
+    p.add_argument(
+        "--features",
+        default=None,
+        choices=["encoder", "random"],
+        help="--match dm / mmd: features of the frozen encoder (default) or of a random ReLU "
+        "network drawn afresh each iteration",
+    )
+    p.add_argument(
+        "--covariance",
+        type=float,
+        default=None,
+        help="--match dm: weight of matching each class's feature covariance too (default 0)",
+    )
+    p.add_argument(
+        "--separation",
+        type=float,
+        default=None,
+        help="weight of a repulsion between synthetic cells of different classes (default 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--out", required=True, help="output .h5ad")
@@ -100,6 +120,9 @@ def run(args: argparse.Namespace) -> None:
         "anchor": args.anchor,
         "network_weight": args.network_weight,
         "networks": args.networks,
+        "features": args.features,
+        "covariance": args.covariance,
+        "separation": args.separation,
     }
     options = {k: v for k, v in given.items() if v is not None}
     result = distill(
