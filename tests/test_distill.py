@@ -15,6 +15,7 @@ from cellsynth.training.distill import (
     Distiller,
     chunked_gradient,
     dc_loss,
+    dc_trajectory_loss,
     distill,
     dm_loss,
     gradient_distance,
@@ -232,11 +233,12 @@ def test_cli_distill_writes_h5ad(scdg_bundle, tmp_path, capsys, monkeypatch, wu2
     out = tmp_path / "distilled.h5ad"
     code = main(
         ["distill", str(scdg_bundle), "--data", str(path), "--label", "source", "--spc", "1",
-         "--match", "dc", "--iterations", "3", "--out", str(out)]
+         "--match", "dc", "--dc-steps", "2", "--iterations", "3", "--out", str(out)]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     result = anndata.read_h5ad(out)
     assert result.n_obs == 3 and result.uns["cellsynth"]["match"] == "dc"
+    assert result.uns["cellsynth"]["dc_steps"] == 2
     code = main(
         ["distill", str(scdg_bundle), "--data", str(path), "--label", "nope", "--spc", "1",
          "--out", str(tmp_path / "x.h5ad")]
@@ -298,3 +300,48 @@ def test_cli_distill_with_networks(scdg_bundle, tmp_path, capsys, wu2020_adata) 
     err = capsys.readouterr().err
     assert "--networks needs --network-weight" in err and "Traceback" not in err
     assert not (tmp_path / "y.h5ad").exists()
+
+
+def test_dc_trajectory_matches_a_head_trained_by_autograd() -> None:
+    rng = np.random.default_rng()
+    syn = torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    real = [torch.as_tensor(rng.normal(loc=c, size=(5, 4)), dtype=torch.float64) for c in range(3)]
+    w = torch.as_tensor(rng.normal(size=(3, 4)), dtype=torch.float64)
+    b = torch.zeros(3, dtype=torch.float64)
+    one = dc_trajectory_loss(syn, labels, real, w, b, steps=1, head_lr=0.3)
+    assert float(one) == pytest.approx(float(dc_loss(syn, labels, real, w, b)), rel=1e-12)
+    # reference: the head trained by plain gradient descent on torch's cross-entropy
+    heads, head_w, head_b = [], w.clone(), b.clone()
+    for _ in range(3):
+        heads.append((head_w, head_b))
+        hw, hb = head_w.clone().requires_grad_(True), head_b.clone().requires_grad_(True)
+        gw, gb = torch.autograd.grad(F.cross_entropy(syn @ hw.T + hb, labels), [hw, hb])
+        head_w, head_b = head_w - 0.3 * gw, head_b - 0.3 * gb
+    cells = syn.clone().requires_grad_(True)
+    got = dc_trajectory_loss(cells, labels, real, w, b, steps=3, head_lr=0.3)
+    x = syn.clone().requires_grad_(True)
+    expected = sum(dc_loss(x, labels, real, hw, hb) for hw, hb in heads)
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
+    # the heads' steps see the cells detached: the gradient is that of the fixed heads
+    (g_got,) = torch.autograd.grad(got, cells)
+    (g_expected,) = torch.autograd.grad(expected, x)
+    np.testing.assert_allclose(g_got.numpy(), g_expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_dc_steps_through_the_distiller(task) -> None:
+    config = DistillConfig(spc=2, match="dc", generator="none", seed=4, dc_steps=4, iterations=5)
+    run = Distiller(task, config)
+    loss_fn = run.loss_fn()
+    value, grad = chunked_gradient(run.gen, run.params, run.cond, None, loss_fn, chunk_size=3)
+    p = run.params.clone().requires_grad_(True)
+    plain = loss_fn(run.gen(p, run.cond, None))
+    plain.backward()
+    assert value == pytest.approx(float(plain.detach()), rel=1e-6)
+    np.testing.assert_allclose(grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-7)
+    history = Distiller(task, config).run(progress=False)
+    assert len(history) == 5 and all(np.isfinite(history))
+    with pytest.raises(DataError, match="dc_steps applies to --match dc only"):
+        DistillConfig(dc_steps=2)
+    with pytest.raises(DataError, match="dc_head_lr must be positive"):
+        DistillConfig(match="dc", dc_head_lr=0.0)

@@ -139,6 +139,12 @@ class DistillConfig:
         DM / MMD: the feature map, the bundle's frozen encoder or a randomly initialised ReLU
         network drawn afresh every iteration (DM's recipe for images); real features then come
         from ``real_batch`` cells per class (DM: per k-means cluster) drawn each iteration.
+    dc_steps : int
+        DC: heads at which gradients are matched each iteration, the fresh one and after each
+        of ``dc_steps - 1`` gradient steps of it on the synthetic cells (DC's inner loop;
+        1: the fresh head only).
+    dc_head_lr : float
+        DC: the step size of those head steps.
     covariance : float
         DM: weight of the per-class feature-covariance term added to the mean matching
         (0: off).
@@ -173,6 +179,8 @@ class DistillConfig:
     unroll_learning_rate: float = 0.003
     network_cells: int = 512
     features: str = "encoder"
+    dc_steps: int = 1
+    dc_head_lr: float = 0.5
     covariance: float = 0.0
     separation: float = 0.0
 
@@ -191,6 +199,10 @@ class DistillConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise DataError(f"{name} must be 0 or more, got {value}")
+        if not (self.dc_head_lr > 0 and math.isfinite(self.dc_head_lr)):
+            raise DataError(f"dc_head_lr must be positive, got {self.dc_head_lr}")
+        if int(self.dc_steps) > 1 and self.match != "dc":
+            raise DataError("dc_steps applies to --match dc only")
         if self.covariance > 0 and self.match != "dm":
             raise DataError("the covariance term applies to --match dm only")
         if not self.ridge > 0:
@@ -208,7 +220,7 @@ class DistillConfig:
         self.networks = ",".join(parse_networks(self.networks))
         for name in (
             "spc", "iterations", "real_batch", "chunk_size", "lr_cells", "unroll_steps",
-            "network_cells",
+            "network_cells", "dc_steps",
         ):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -296,6 +308,33 @@ def dc_loss(
         g_real = head_gradients(real, c, weight, bias).detach()
         g_syn = head_gradients(syn_features[mask], c, weight, bias)
         total = total + gradient_distance(g_real, g_syn)
+    return total
+
+
+def dc_trajectory_loss(
+    syn_features: torch.Tensor,
+    syn_labels: torch.Tensor,
+    real_features: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    steps: int,
+    head_lr: float,
+) -> torch.Tensor:
+    """DC along the head's training: :func:`dc_loss` at the fresh head and after each of
+    ``steps - 1`` gradient steps of the head on the synthetic cells' cross-entropy.
+
+    DC's inner loop (Zhao et al. 2021) trains the network on the synthetic set between matching
+    steps, so the cells are matched where a learner trained on them will be, not only at its
+    initialisation. The head's steps see the cells detached (as DC's network updates do).
+    """
+    total = dc_loss(syn_features, syn_labels, real_features, weight, bias)
+    onehot = F.one_hot(syn_labels, weight.shape[0]).to(syn_features.dtype)
+    f = syn_features.detach()
+    for _ in range(steps - 1):
+        residual = (f @ weight.T + bias).softmax(1) - onehot  # d mean CE / d logits, times n
+        weight = weight - head_lr * residual.T @ f / len(f)
+        bias = bias - head_lr * residual.mean(0)
+        total = total + dc_loss(syn_features, syn_labels, real_features, weight, bias)
     return total
 
 
@@ -640,7 +679,10 @@ class Distiller:
         for f in self.real_by_class:
             k = min(self.config.real_batch, len(f))
             batches.append(f[torch.randperm(len(f), generator=self.rng)[:k]])
-        return lambda cells: dc_loss(encode(cells), self.labels, batches, weight, bias)
+        steps, head_lr = int(self.config.dc_steps), self.config.dc_head_lr
+        return lambda cells: dc_trajectory_loss(
+            encode(cells), self.labels, batches, weight, bias, steps, head_lr
+        )
 
     def _statistics_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """DM (and its covariance term) or MMD through this iteration's feature map."""

@@ -78,6 +78,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "network drawn afresh each iteration",
     )
     p.add_argument(
+        "--dc-steps",
+        type=int,
+        default=None,
+        help="--match dc: match gradients at the fresh head and after each of N - 1 steps of "
+        "it on the synthetic cells (DC's inner loop; default 1)",
+    )
+    p.add_argument(
         "--covariance",
         type=float,
         default=None,
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> None:
         "network_weight": args.network_weight,
         "networks": args.networks,
         "features": args.features,
+        "dc_steps": args.dc_steps,
         "covariance": args.covariance,
         "separation": args.separation,
     }
