@@ -12,12 +12,16 @@ k-means centroids, the full training folds) are trained, so every bar and the di
 measured on the same K test folds and their spread over folds is known.
 
 Pooling the held-out cells into training folds is sound only for a distillation that does not
-go through the bundle's models (which saw the training split): the default, directly in
-expression space (``generator='none'``), is the only one allowed.
+go through the bundle's models (which saw the training split): the generator is always
+``none`` (expression space, the default); ``--match`` and ``--option KEY=VALUE`` (as in
+benchmarks/distillation.py) choose the objective.
 
     python benchmarks/distillation_cv.py --out benchmarks/results
     python benchmarks/distillation_cv.py --bundle runs/saturation/pbmc3k-latent --data pbmc3k \
         --labels celltype --prefix distillation_cv_pbmc3k --out benchmarks/results
+    python benchmarks/distillation_cv.py --bundle runs/saturation/pbmc3k-latent --data pbmc3k \
+        --labels celltype --match mmd --option features=random \
+        --prefix distillation_cv_mmd_random_pbmc3k --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import machine
+from distillation import parse_options
 
 from cellsynth.files import atomic_path
 from cellsynth.training.distill import distill
@@ -88,8 +93,9 @@ def run(args: argparse.Namespace) -> dict:
             for spc in args.spc:
                 started = time.perf_counter()
                 synthetic = distill(
-                    args.bundle, args.data, label, spc, seed=0, task=fold, progress=False
-                )
+                    args.bundle, args.data, label, spc, match=args.match, generator="none",
+                    seed=0, task=fold, progress=False, **args.options,
+                )  # fmt: skip
                 seconds = time.perf_counter() - started
                 baselines = ["class_mean", "kmeans"] + (["full"] if full is None else [])
                 result = evaluate_distilled(
@@ -155,7 +161,9 @@ def markdown(res: dict) -> str:
         f"{res['date']}, {m['cpu']} ({m['cores']} cores, {s['threads']} torch threads). Bundle "
         f"`{s['bundle']}`: its training and held-out cells pooled, {s['folds']} stratified folds "
         f"(seed {s['fold_seed']}); each fold tested once, trained on the others; "
-        "`cellsynth distill`'s default (logistic regression bilevel, expression space). "
+        f"distilled in expression space, match {s.get('match', 'lr')}"
+        + "".join(f", {k} {v}" for k, v in (s.get("options") or {}).items())
+        + ". "
         f"Accuracy mean ± sd over the folds ({s['seeds']} classifier seed(s) per fold).",
         "",
         "| task | SPC | method | " + " | ".join(CLASSIFIER_NAMES[k] for k in kinds) + " |",
@@ -224,10 +232,17 @@ def main() -> None:
         "--classifiers", nargs="+", choices=list(CLASSIFIER_NAMES), default=["logreg"]
     )
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per fold")
+    parser.add_argument("--match", default="lr", choices=["lr", "dm", "dc", "krr", "mmd"])
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="another DistillConfig field for the distilled sets (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix", default="distillation_cv", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    args.options = parse_options(args.option)
+    del args.option
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
