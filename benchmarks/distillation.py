@@ -108,9 +108,17 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "prefix")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "prefix", "option")},
         "runs": runs,
     }
+
+
+def add_option_argument(parser: argparse.ArgumentParser) -> None:
+    """``--option KEY=VALUE`` (repeatable): another DistillConfig field for the distilled sets."""
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="another DistillConfig field for the distilled sets (repeatable)",
+    )  # fmt: skip
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -257,16 +265,12 @@ def main() -> None:
     parser.add_argument(
         "--baselines", nargs="+", choices=ROWS[2:], default=None, help="default: all of them"
     )
-    parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="another DistillConfig field for the distilled set (repeatable)",
-    )  # fmt: skip
+    add_option_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix", default="distillation", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     args.options = parse_options(args.option)
-    del args.option
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

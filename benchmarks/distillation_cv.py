@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import machine
-from distillation import parse_options
+from distillation import add_option_argument, parse_options
 
 from cellsynth.files import atomic_path
 from cellsynth.training.distill import distill
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "prefix")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "prefix", "option")},
         "tasks": tasks,
         "summary": summarise(tasks, args.spc, args.classifiers),
     }
@@ -233,16 +233,12 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per fold")
     parser.add_argument("--match", default="lr", choices=["lr", "dm", "dc", "krr", "mmd"])
-    parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="another DistillConfig field for the distilled sets (repeatable)",
-    )  # fmt: skip
+    add_option_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix", default="distillation_cv", help="name of the output files")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     args.options = parse_options(args.option)
-    del args.option
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

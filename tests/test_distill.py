@@ -327,21 +327,3 @@ def test_dc_trajectory_matches_a_head_trained_by_autograd() -> None:
     (g_got,) = torch.autograd.grad(got, cells)
     (g_expected,) = torch.autograd.grad(expected, x)
     np.testing.assert_allclose(g_got.numpy(), g_expected.numpy(), rtol=1e-10, atol=1e-12)
-
-
-def test_dc_steps_through_the_distiller(task) -> None:
-    config = DistillConfig(spc=2, match="dc", generator="none", seed=4, dc_steps=4, iterations=5)
-    run = Distiller(task, config)
-    loss_fn = run.loss_fn()
-    value, grad = chunked_gradient(run.gen, run.params, run.cond, None, loss_fn, chunk_size=3)
-    p = run.params.clone().requires_grad_(True)
-    plain = loss_fn(run.gen(p, run.cond, None))
-    plain.backward()
-    assert value == pytest.approx(float(plain.detach()), rel=1e-6)
-    np.testing.assert_allclose(grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-7)
-    history = Distiller(task, config).run(progress=False)
-    assert len(history) == 5 and all(np.isfinite(history))
-    with pytest.raises(DataError, match="dc_steps applies to --match dc only"):
-        DistillConfig(dc_steps=2)
-    with pytest.raises(DataError, match="dc_head_lr must be positive"):
-        DistillConfig(match="dc", dc_head_lr=0.0)

@@ -151,6 +151,7 @@ def task(tmp_path_factory, wu2020_adata):
         {"match": "dm", "covariance": 1.0},
         {"match": "dm", "features": "random", "covariance": 1.0, "init": "random"},
         {"match": "lr", "separation": 0.5},
+        {"match": "dc", "dc_steps": 4},
     ],
 )
 def test_options_through_the_distiller(task, options) -> None:
@@ -195,6 +196,8 @@ def test_separation_adds_its_term(task) -> None:
         ({"covariance": 1.0, "match": "mmd"}, "covariance term applies to --match dm only"),
         ({"covariance": -1.0, "match": "dm"}, "covariance must be 0 or more"),
         ({"separation": float("nan")}, "separation must be 0 or more"),
+        ({"dc_steps": 2}, "dc_steps applies to --match dc only"),
+        ({"match": "dc", "dc_head_lr": 0.0}, "dc_head_lr must be positive"),
     ],
 )
 def test_bad_options_are_named(options, words) -> None:
