@@ -47,6 +47,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=None, help="optimiser steps (default 200)")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--t-star", type=int, default=None, help="SCDG single-step timestep")
+    _add_objective_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(run=run)
+
+
+def _add_objective_options(p: argparse.ArgumentParser) -> None:
+    """The settings of the objectives: each names the --match (or term) it belongs to."""
     p.add_argument(
         "--ridge", type=float, default=None, help="--match krr: relative ridge (default 0.001)"
     )
@@ -96,11 +106,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="weight of a repulsion between synthetic cells of different classes (default 0)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
-    p.add_argument("--out", required=True, help="output .h5ad")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
