@@ -694,14 +694,23 @@ class Distiller:
         else:  # a fresh random network; real features from a draw of each group's cells
             features = RandomFeatures(task.x_train.shape[1], self.rng)
 
-            def draw(idx: np.ndarray) -> torch.Tensor:
+            def draw(idx: np.ndarray) -> np.ndarray:
                 k = min(config.real_batch, len(idx))
-                pick = idx[torch.randperm(len(idx), generator=self.rng)[:k].numpy()]
-                with torch.no_grad():
-                    return features(torch.as_tensor(task.x_train[pick]))
+                return idx[torch.randperm(len(idx), generator=self.rng)[:k].numpy()]
 
-            dm_targets = torch.stack([draw(m).mean(0) for m in self.dm_members])
-            real_groups = [draw(task.class_indices(c)) for c in range(self.C)]
+            def embed(picks: list[np.ndarray]) -> list[torch.Tensor]:
+                with torch.no_grad():
+                    return [features(torch.as_tensor(task.x_train[p])) for p in picks]
+
+            # Both draws are made whatever the match (the random stream, and so every set, stays
+            # as benchmarked); only the features the loss reads are computed.
+            member_picks = [draw(m) for m in self.dm_members]
+            class_picks = [draw(task.class_indices(c)) for c in range(self.C)]
+            if config.match == "mmd":
+                real_groups = embed(class_picks)
+            else:
+                dm_targets = torch.stack([f.mean(0) for f in embed(member_picks)])
+                real_groups = embed(class_picks) if config.covariance > 0 else []
         if config.match == "mmd":
             if config.features == "encoder":  # a batch per class, as for DC
                 real_groups = [
