@@ -241,7 +241,7 @@ def test_distillation_baselines_leave_cellsynths_additions_out(toy, monkeypatch)
     task = toy["task"]
     record = {"spc": 1, "iterations": 3, "anchor": 0.05, "network_weight": 0.3,
               "networks": "transformer", "match": "mmd", "features": "random",
-              "covariance": 0.0, "separation": 0.2}  # fmt: skip
+              "covariance": 0.0, "separation": 0.2, "dc_steps": 10}  # fmt: skip
     seen = {}
 
     def fake(*args, **kwargs):
@@ -257,8 +257,9 @@ def test_distillation_baselines_leave_cellsynths_additions_out(toy, monkeypatch)
         assert seen["network_weight"] == 0.0 and seen["anchor"] == 0.05
         assert seen["iterations"] == 3
         assert seen["features"] == "encoder" and seen["separation"] == 0.0
+        assert seen["dc_steps"] == 1  # else DM refuses a DC-only setting
     seen.clear()
     with pytest.raises(RuntimeError, match="stop here"):  # the set's objective through a decoder
         builder.build("decoder", seed=0)
     assert seen["match"] == "mmd" and seen["features"] == "random" and seen["separation"] == 0.2
-    assert seen["network_weight"] == 0.0
+    assert seen["network_weight"] == 0.0 and seen["dc_steps"] == 10

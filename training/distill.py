@@ -232,6 +232,13 @@ SETTINGS: tuple[str, ...] = tuple(
     f.name for f in fields(DistillConfig) if f.name not in ("spc", "seed")
 )
 
+# cellsynth's additions to the published objectives (DM, DC, scDD): distill-eval's baselines of
+# those names run without them, at DistillConfig's defaults.
+ADDITIONS: tuple[str, ...] = (
+    "network_weight", "networks", "unroll_steps", "unroll_learning_rate", "network_cells",
+    "features", "covariance", "separation", "dc_steps", "dc_head_lr",
+)  # fmt: skip
+
 
 # ---------------------------------------------------------------------------------------------
 # Matching losses (each a function of synthetic features; real statistics are precomputed)

@@ -286,7 +286,7 @@ class _Baselines:
                 idx = geosketch_indices(self.features(), total, seed)
             return task.x_train[idx], task.y_train[idx]
         if name in ("dm_data", "dc_data", "decoder", "scdd"):
-            from cellsynth.training.distill import SETTINGS, distill
+            from cellsynth.training.distill import ADDITIONS, SETTINGS, DistillConfig, distill
 
             if name == "decoder":
                 match, generator = str(self.record.get("match", "dm")), "decoder"
@@ -299,9 +299,10 @@ class _Baselines:
             # and the published methods (DM, DC, scDD) without cellsynth's other additions
             own = ("match", "generator", "iterations")  # set here, by the baseline
             options = {k: self.record[k] for k in SETTINGS if k not in own and k in self.record}
-            options["network_weight"] = 0.0
-            if name != "decoder":  # decoder: the set's own objective, through the decoder
-                options.update(features="encoder", covariance=0.0, separation=0.0)
+            # decoder: the set's own objective through the decoder, less the networks' term
+            reset = ("network_weight",) if name == "decoder" else ADDITIONS
+            defaults = DistillConfig()
+            options.update({k: getattr(defaults, k) for k in reset})
             out = distill(
                 task.bundle, self.data, task.label, self.spc, match=match, generator=generator,
                 iterations=self.iterations, seed=seed, progress=self.progress, task=task,
