@@ -141,7 +141,8 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
-def _option_words(settings: dict) -> str:
+def option_words(settings: dict) -> str:
+    """', key value' for each --option a run was given (empty without)."""
     options = settings.get("options") or {}
     return "".join(f", {k} {v}" for k, v in options.items())
 
@@ -176,7 +177,7 @@ def markdown(res: dict) -> str:
         f"threads), load {m['load_average_1_5_15_min']}. Bundle `{res['settings']['bundle']}`, "
         f"match {res['settings']['match']} through {res['settings'].get('generator', 'scdg')}, "
         f"{res['settings']['iterations'] or 'default'} iterations"
-        f"{_option_words(res['settings'])}{_network_words(res['settings'])}; accuracy on the real "
+        f"{option_words(res['settings'])}{_network_words(res['settings'])}; accuracy on the real "
         f"held-out split, mean ± sd over {res['settings']['seeds']} seeds.",
         "",
         "| task | SPC | method | " + " | ".join(CLASSIFIER_NAMES[k] for k in kinds) + " |",

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import machine
-from distillation import add_option_argument, parse_options
+from distillation import add_option_argument, option_words, parse_options
 
 from cellsynth.files import atomic_path
 from cellsynth.training.distill import distill
@@ -161,9 +161,7 @@ def markdown(res: dict) -> str:
         f"{res['date']}, {m['cpu']} ({m['cores']} cores, {s['threads']} torch threads). Bundle "
         f"`{s['bundle']}`: its training and held-out cells pooled, {s['folds']} stratified folds "
         f"(seed {s['fold_seed']}); each fold tested once, trained on the others; "
-        f"distilled in expression space, match {s.get('match', 'lr')}"
-        + "".join(f", {k} {v}" for k, v in (s.get("options") or {}).items())
-        + ". "
+        f"distilled in expression space, match {s.get('match', 'lr')}{option_words(s)}. "
         f"Accuracy mean ± sd over the folds ({s['seeds']} classifier seed(s) per fold).",
         "",
         "| task | SPC | method | " + " | ".join(CLASSIFIER_NAMES[k] for k in kinds) + " |",
